@@ -1,0 +1,323 @@
+"""One config system for every stage: YAML files + `section.key=value` overrides, validated against SCHEMA.
+
+    python prepare.py configs/demo.yaml data.num_samples=2000 data.seed=3
+    python prune.py configs/demo.yaml checkpoint=runs/demo/checkpoint.pt    # bare key -> the stage's section
+    python pretrain.py configs/demo.yaml --resume                          # --flag  -> <stage section>.flag=true
+
+SCHEMA below is the single place where defaults, types and allowed values live. A YAML file only overrides what
+it names; every key it names must exist here. Unknown key, wrong type, out-of-range value or a missing file gives
+a one-line error naming the key and what is allowed, and exit code 2 (no traceback). The resolved config is plain
+data (dicts, lists, numbers, strings) so it can be printed, saved beside outputs and stored in checkpoints.
+"""
+
+import json
+import math
+import os
+import sys
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Key:
+    """One config entry: default, type, and the values it may take."""
+
+    def __init__(self, default, kind, doc, lo=None, hi=None, choices=None, length=None, optional=False):
+        self.default, self.kind, self.doc = default, kind, doc
+        self.lo, self.hi, self.choices, self.length, self.optional = lo, hi, choices, length, optional
+
+    def allowed(self):
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+                "ints": "a list of integers", "floats": "a list of numbers", "strs": "a list of strings"}[self.kind]
+        if self.length:
+            kind += f" of length {self.length}"
+        if self.lo is not None or self.hi is not None:
+            kind += f" in [{'-inf' if self.lo is None else self.lo}, {'inf' if self.hi is None else self.hi}]"
+        return kind + (" or null" if self.optional else "")
+
+    def check(self, name, value):
+        """Return the value coerced to the key's type, or raise ConfigError naming the key."""
+        bad = ConfigError(f"config key '{name}': got {value!r}, expected {self.allowed()}")
+        if value is None:
+            if self.optional:
+                return None
+            raise bad
+        if self.kind in ("ints", "floats", "strs"):
+            elem = {"ints": int, "floats": float, "strs": str}[self.kind]
+            if not isinstance(value, (list, tuple)) or (self.length and len(value) != self.length):
+                raise bad
+            return [self._scalar(elem, v, bad) for v in value]
+        value = self._scalar(self.kind, value, bad)
+        if self.choices is not None and value not in self.choices:
+            raise bad
+        return value
+
+    def _scalar(self, kind, value, bad):
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad
+        elif kind is float:
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise bad
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad
+            value = float(value)
+        elif kind is str:
+            if not isinstance(value, str):
+                raise bad
+        if kind in (int, float):
+            if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
+                raise bad
+        return value
+
+
+def _k(default, kind, doc, **kw):
+    return Key(default, kind, doc, **kw)
+
+
+ARCHS = ["vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet50"]
+
+SCHEMA = {
+    # ---------------------------------------------------------------- prepare.py
+    "data": {
+        "source": _k("synthetic", str, "where imagettes come from", choices=["synthetic", "safe", "netcdf", "tengeop"]),
+        "input": _k(None, str, "input folder for real sources (SAFE dirs/zips, netCDF, TenGeoP root)", optional=True),
+        "root": _k("data/demo", str, "output folder: one sub-folder per dataset (archive/, tengeop/, regression/)"),
+        "image_size": _k(64, int, "imagette side in pixels after preparation", lo=16, hi=2048),
+        "pixel_spacing": _k(100.0, float, "ground pixel spacing in metres", lo=5.0, hi=2000.0),
+        "num_samples": _k(4096, int, "synthetic pretraining archive size", lo=1),
+        "samples_per_shard": _k(1024, int, "samples per .npy shard (bounds shard size)", lo=1),
+        "class_prior": _k(None, "floats", "synthetic class prior over the 10 TenGeoP classes (null: heavy-tailed "
+                          "archive default)", length=10, optional=True),
+        "eval_per_class": _k(60, int, "synthetic TenGeoP-like set: images per class (split 80/5/15)", lo=0),
+        "regression_samples": _k(1200, int, "synthetic wind/Hs regression set size (split 80/5/15)", lo=0),
+        "seed": _k(0, int, "seed; the evaluation sets use disjoint seeds derived from it", lo=0),
+        "workers": _k(2, int, "parallel worker processes", lo=1, hi=256),
+        "montage": _k(True, bool, "write montage.png of random imagettes per class"),
+        "strict": _k(False, bool, "any unreadable input file is fatal (default: skip and log in failures.jsonl)"),
+        # ---- real Sentinel-1 readers (sentinel1.py)
+        "split_fractions": _k([0.8, 0.05, 0.15], "floats", "train/val/test fractions of real labelled sets "
+                              "(TenGeoP: stratified by class; SAFE/netCDF: hash of the id)", length=3, lo=0.0, hi=1.0),
+        "noise_removal": _k(True, bool, "SAFE: subtract the thermal noise LUT before calibration"),
+        "max_invalid": _k(0.25, float, "largest fraction of invalid (NaN/inf/no-data) output pixels before the "
+                          "imagette is rejected; fewer are filled with the median", lo=0.0, hi=1.0),
+        "nc_variable": _k("sigma0", str, "netCDF imagettes: image variable (sigma0 linear or dB, or digital_number)"),
+        "tengeop_units": _k("auto", str, "TenGeoP GeoTIFF pixel units (auto: float with negatives = dB, else linear)",
+                            choices=["auto", "linear", "db"]),
+        "tengeop_spacing": _k([41.0, 45.0], "floats", "TenGeoP GeoTIFF native spacing (m): azimuth, ground range",
+                              length=2, lo=1.0),
+        "ocn_dir": _k(None, str, "folder of Level-2 OCN netCDF files joined by id for wind/Hs labels", optional=True),
+        "ocn_max_quality": _k(None, int, "keep OCN labels with oswQualityFlag <= this (0 good .. 3 poor; unknown "
+                              "flags are kept; null: no filter)", lo=0, hi=3, optional=True),
+        "ocn_drop_land": _k(True, bool, "drop OCN labels whose oswLandFlag is set"),
+    },
+    # ---------------------------------------------------------------- model.py
+    "model": {
+        "arch": _k("vit_small", str, "backbone", choices=ARCHS),
+        "patch_size": _k(16, int, "ViT patch size", choices=[4, 8, 16, 32]),
+        "drop_path": _k(0.1, float, "stochastic depth rate (ViT)", lo=0.0, hi=0.9),
+        "out_dim": _k(65536, int, "DINO head output dimension", lo=2),
+        "head_hidden_dim": _k(2048, int, "DINO head hidden size", lo=8),
+        "head_bottleneck_dim": _k(256, int, "DINO head bottleneck size", lo=8),
+        "norm_last_layer": _k(True, bool, "weight-normalised last layer with frozen magnitude"),
+    },
+    # ---------------------------------------------------------------- pretrain.py
+    "train": {
+        "data": _k("data/demo/archive", str, "prepared pretraining dataset folder"),
+        "out": _k("runs/demo", str, "run folder: checkpoints, logs, backbone.pt"),
+        "epochs": _k(100, int, "epochs; one epoch = ceil(prune.rho * N / global_batch) iterations", lo=1),
+        "batch_size_per_gpu": _k(64, int, "images per process per step", lo=1),
+        "lr": _k(5e-4, float, "peak lr at global batch 256 (scaled linearly)", lo=0.0),
+        "min_lr": _k(1e-6, float, "final lr of the cosine schedule", lo=0.0),
+        "warmup_epochs": _k(10, int, "linear lr warm-up epochs", lo=0),
+        "weight_decay": _k(0.04, float, "initial weight decay", lo=0.0),
+        "weight_decay_end": _k(0.4, float, "final weight decay (cosine)", lo=0.0),
+        "momentum_teacher": _k(0.996, float, "initial teacher EMA momentum (cosine to 1)", lo=0.0, hi=1.0),
+        "teacher_temp": _k(0.07, float, "final teacher temperature", lo=1e-4),
+        "warmup_teacher_temp": _k(0.04, float, "initial teacher temperature", lo=1e-4),
+        "warmup_teacher_temp_epochs": _k(30, int, "teacher temperature warm-up epochs", lo=0),
+        "student_temp": _k(0.1, float, "student temperature", lo=1e-4),
+        "center_momentum": _k(0.9, float, "momentum of the DINO centre", lo=0.0, hi=1.0),
+        "clip_grad": _k(3.0, float, "per-parameter gradient norm clip (0: off)", lo=0.0),
+        "freeze_last_layer": _k(1, int, "epochs during which the head's last layer is frozen", lo=0),
+        "global_crops_size": _k(256, int, "global crop side (px)", lo=8),
+        "global_crops_scale": _k([0.32, 1.0], "floats", "area fraction range of global crops", length=2, lo=0.01, hi=1.0),
+        "local_crops_number": _k(8, int, "local crops per image", lo=0),
+        "local_crops_size": _k(96, int, "local crop side (px)", lo=8),
+        "local_crops_scale": _k([0.05, 0.32], "floats", "area fraction range of local crops", length=2, lo=0.01, hi=1.0),
+        "seed": _k(0, int, "seed of everything in the run", lo=0),
+        "prefetch": _k(4, int, "batches read ahead by the background reader thread", lo=1),
+        "compile": _k(False, bool, "torch.compile the student and teacher"),
+        "checkpoint_every": _k(10, int, "keep a snapshot checkpoint every N epochs (latest is always kept)", lo=1),
+        "eval_every": _k(0, int, "kNN on the validation split every N epochs (0: off)", lo=0),
+        "eval_data": _k(None, str, "labelled dataset for the in-training kNN", optional=True),
+        "resume": _k(True, bool, "resume from <out>/checkpoint.pt when it exists"),
+        "max_iters": _k(None, int, "stop after this many iterations (schedules unchanged; for tests)", lo=1, optional=True),
+        "log_every": _k(20, int, "write a log.jsonl record every N iterations (and one per epoch)", lo=1),
+        "checkpoint_iters": _k(0, int, "also checkpoint every N iterations inside an epoch (0: at epoch ends only)",
+                               lo=0),
+        "device": _k("auto", str, "auto: one CUDA device per local rank when available, else cpu",
+                     choices=["auto", "cpu", "cuda"]),
+    },
+    # ---------------------------------------------------------------- SAR augmentations (pretrain.py)
+    "aug": {
+        "flip": _k(True, bool, "random horizontal and vertical flips"),
+        "rot90": _k(False, bool, "random 90 degree rotations"),
+        "gain_db": _k(1.0, float, "std of the additive dB gain jitter", lo=0.0),
+        "contrast": _k(0.1, float, "std of the multiplicative dB contrast jitter", lo=0.0, hi=0.9),
+        "blur_prob": _k(0.5, float, "probability of Gaussian blur per crop", lo=0.0, hi=1.0),
+        "blur_sigma": _k([0.1, 1.5], "floats", "blur sigma range (px)", length=2, lo=0.0),
+        "speckle_prob": _k(0.0, float, "probability of speckle re-noising per crop", lo=0.0, hi=1.0),
+        "speckle_looks": _k(8.0, float, "looks of the re-noising speckle", lo=1.0),
+    },
+    # ---------------------------------------------------------------- prune.py
+    "prune": {
+        "mode": _k("dynamic", str, "none: uniform random subset per epoch; static: cluster once after warm-up; "
+                   "dynamic: re-cluster every `every` epochs", choices=["none", "static", "dynamic"]),
+        "rho": _k(0.25, float, "fraction of the archive seen per epoch", lo=1e-4, hi=1.0),
+        "eta": _k(0.0, float, "within-cluster diversity: >0 favours atypical points, <0 prototypes", lo=-10.0, hi=10.0),
+        "warmup_epochs": _k(10, int, "T_w: plain DINO epochs on uniform subsets before the first curation", lo=0),
+        "every": _k(5, int, "T_s: epochs between curations (dynamic mode)", lo=1),
+        "pool_size": _k(None, int, "pool P embedded at each curation (null: whole archive)", lo=1, optional=True),
+        "kmeans_sample": _k(None, int, "points the k-means is fitted on (null: whole pool)", lo=1, optional=True),
+        "levels": _k([100, 10], "ints", "clusters per level, finest first", lo=1),
+        "resample_steps": _k(1, int, "Vo et al. resampling steps per level", lo=0),
+        "resample_size": _k(None, int, "points taken per cluster in a resampling step (null: half the mean size)",
+                            lo=1, optional=True),
+        "resample_rule": _k("closest", str, "which points a resampling step takes", choices=["closest", "random"]),
+        "iters": _k(20, int, "Lloyd iterations per k-means", lo=1),
+        "metric": _k("cosine", str, "k-means distance", choices=["cosine", "l2"]),
+        "init": _k("kmeans++", str, "k-means init", choices=["kmeans++", "random"]),
+        "batch_size": _k(256, int, "images per forward pass when embedding the pool", lo=1),
+        "memory_mb": _k(512, int, "memory budget of one distance chunk", lo=1),
+        "checkpoint": _k(None, str, "curation CLI: checkpoint or backbone.pt whose features are clustered", optional=True),
+        "data": _k(None, str, "curation CLI: dataset to curate (null: train.data)", optional=True),
+        "out": _k(None, str, "curation CLI: output folder (null: <train.out>/curation)", optional=True),
+    },
+    # ---------------------------------------------------------------- evaluate.py
+    "eval": {
+        "checkpoint": _k(None, str, "checkpoint.pt or backbone.pt to evaluate (null: <train.out>/checkpoint.pt)",
+                         optional=True),
+        "out": _k(None, str, "report folder (null: <train.out>/eval)", optional=True),
+        "classification": _k("data/demo/tengeop", str, "labelled classification dataset (null/'' to skip)",
+                             optional=True),
+        "regression": _k("data/demo/regression", str, "wind/Hs regression dataset (null/'' to skip)", optional=True),
+        "n_last_blocks": _k(1, int, "ViT: concatenate the CLS of the last n blocks", lo=1, hi=12),
+        "avgpool": _k(False, bool, "ViT: also concatenate the mean patch token"),
+        "knn_k": _k(20, int, "kNN neighbours", lo=1),
+        "knn_temperature": _k(0.07, float, "kNN vote temperature", lo=1e-4),
+        "batch_size": _k(256, int, "images per forward pass", lo=1),
+        "baselines": _k(True, bool, "also evaluate a random-init backbone and physics features"),
+        "seed": _k(0, int, "seed of the random-init baseline", lo=0),
+    },
+    # ---------------------------------------------------------------- study.py
+    "study": {
+        "out": _k("runs/study", str, "study folder"),
+        "seeds": _k([0, 1, 2], "ints", "seeds per variant", lo=0),
+        "variants": _k(["none", "static", "dynamic", "rho0.1", "rho0.5", "eta-1", "eta1"], "strs",
+                       "variants to run (names defined in study.py)"),
+    },
+}
+
+
+def defaults():
+    return {s: {k: v.default for k, v in keys.items()} for s, keys in SCHEMA.items()}
+
+
+def _set(cfg, dotted, value, origin):
+    if "." not in dotted:
+        raise ConfigError(f"config key '{dotted}' ({origin}): expected section.key, sections: {', '.join(SCHEMA)}")
+    section, key = dotted.split(".", 1)
+    if section not in SCHEMA:
+        raise ConfigError(f"config section '{section}' ({origin}) is unknown; sections: {', '.join(SCHEMA)}")
+    if key not in SCHEMA[section]:
+        raise ConfigError(f"config key '{dotted}' ({origin}) is unknown; keys of '{section}': "
+                          f"{', '.join(SCHEMA[section])}")
+    spec = SCHEMA[section][key]
+    cfg[section][key] = spec.check(dotted, value)
+
+
+def load(argv, stage=None):
+    """Parse `<config.yaml> [section.key=value | key=value | --flag]...` into a validated nested dict.
+
+    A bare `key=value` or `--flag` refers to `stage`'s own section (e.g. prune.py's `checkpoint=`).
+    Raises ConfigError with a one-line message.
+    """
+    if not argv or "=" in argv[0] or argv[0].startswith("--"):
+        raise ConfigError("usage: <script> <config.yaml> [section.key=value ...]")
+    path, overrides = argv[0], argv[1:]
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections")
+    cfg = defaults()
+    for section, keys in data.items():
+        if not isinstance(keys, dict):
+            raise ConfigError(f"config section '{section}' in {path} must be a mapping of keys")
+        for key, value in keys.items():
+            _set(cfg, f"{section}.{key}", value, path)
+    for item in overrides:
+        if item.startswith("--"):
+            dotted, value = item[2:].replace("-", "_"), True
+        elif "=" in item:
+            dotted, raw = item.split("=", 1)
+            try:
+                value = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError:
+                value = raw
+        else:
+            raise ConfigError(f"argument '{item}' is not key=value or --flag")
+        if "." not in dotted and stage is not None:
+            dotted = f"{stage}.{dotted}"
+        _set(cfg, dotted, value, "command line")
+    return cfg
+
+
+def load_or_exit(argv, stage=None):
+    """load() for a script's main: a bad config prints one line and exits with code 2, no traceback."""
+    try:
+        return load(argv, stage)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def dump(cfg):
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def save(cfg, folder, name="config.yaml"):
+    """Write the resolved config beside an output (atomically)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path + ".tmp", "w") as f:
+        f.write(dump(cfg))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def show(cfg, sections=None):
+    """Print the resolved config (only the sections a stage uses, when given)."""
+    shown = {s: cfg[s] for s in (sections or cfg)}
+    print("config:\n" + "\n".join("  " + line for line in dump(shown).splitlines()))
+
+
+def as_json(cfg):
+    return json.loads(json.dumps(cfg))

@@ -1,0 +1,290 @@
+"""Stage 1: turn Sentinel-1 Wave Mode imagettes into sharded, memory-mappable datasets (see shards.py).
+
+Reads (data.source):
+    synthetic   nothing: generates the embedded physics-based WV archive (synthetic.py, ../shared/docs/DATA.md)
+    safe        data.input: Level-1 SLC products, as .SAFE folders or .zip downloads (sentinel1.py)
+    netcdf      data.input: netCDF imagettes (e.g. saved by xsar)
+    tengeop     data.input: the TenGeoP-SARwv tree (58682.txt, 58683.txt, GeoTIFF/<letter>/*.tiff)
+  safe and netcdf join L2 OCN wind and wave labels by imagette id when data.ocn_dir is set.
+
+Writes, under data.root:
+    synthetic   archive/     the unlabelled-in-spirit pretraining archive (heavy-tailed class prior; the true
+                             class, wind and Hs are stored so pruning diagnostics can show the rebalancing)
+                tengeop/     class-balanced TenGeoP-like set, split column train/val/test (80/5/15)
+                regression/  wind speed and Hs set over a wide range of conditions, split 80/5/15
+    safe/netcdf archive/     every readable imagette, with OCN labels and an id-hash split
+    tengeop     tengeop/     the benchmark, stratified seeded 80/5/15 split
+  Each dataset folder holds manifest.json, images_*.npy, meta_*.npz, config.yaml, montage.png (data.montage),
+  and for real sources failures.jsonl (one line per skipped file: file, reason).
+
+Commands:
+    python prepare.py configs/demo.yaml                                  # synthetic demo archive, ~seconds
+    python prepare.py configs/demo.yaml data.num_samples=100000 data.workers=8
+    python prepare.py configs/oceansar1.yaml data.source=safe data.input=/data/S1_WV_SLC data.ocn_dir=/data/OCN
+    python prepare.py configs/oceansar1.yaml data.source=tengeop data.input=/data/TenGeoP-SARwv --strict
+Interrupted runs resume: rerun the same command; complete shards are kept, the manifest is written last.
+Unreadable inputs are skipped and listed in failures.jsonl; --strict makes the first one fatal.
+"""
+
+import json
+import multiprocessing as mp
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+import config
+import shards
+import synthetic
+
+SPLIT_FRACTIONS = (0.80, 0.05, 0.15)
+EVAL_SEED_OFFSETS = {"archive": 0, "tengeop": 1_000_003, "regression": 2_000_029}  # disjoint synthetic seeds
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+def synthetic_plan(d):
+    """The three synthetic datasets: name -> (number of samples, class prior, generator options)."""
+    prior = d["class_prior"] or synthetic.ARCHIVE_PRIOR
+    uniform = [0.1] * 10
+    return {
+        "archive": (d["num_samples"], prior, {}),
+        "tengeop": (10 * d["eval_per_class"], uniform, {"balanced_classes": True}),
+        # Wind and Hs labels are only meaningful over open ocean: waves, streaks and cells.
+        "regression": (d["regression_samples"], [0.5, 0.3, 0.2] + [0.0] * 7, {"balanced_conditions": True}),
+    }
+
+
+def split_column(count, class_idx, seed):
+    """Stratified 80/5/15 split: inside every class, a seeded permutation is cut at the fractions."""
+    rng = np.random.default_rng(seed)
+    split = np.empty(count, dtype="<U5")
+    for c in np.unique(class_idx):  # a loop over at most 10 classes
+        members = np.flatnonzero(class_idx == c)
+        members = members[rng.permutation(len(members))]
+        n_train = int(round(SPLIT_FRACTIONS[0] * len(members)))
+        n_val = int(round(SPLIT_FRACTIONS[1] * len(members)))
+        split[members[:n_train]] = "train"
+        split[members[n_train:n_train + n_val]] = "val"
+        split[members[n_train + n_val:]] = "test"
+    return split
+
+
+def synthetic_shard_job(job):
+    """Generate and write one shard (runs in a worker process)."""
+    folder, k, start, count, d, prior, options, seed = job
+    images, meta = synthetic.generate(start, count, image_size=d["image_size"], pixel_spacing=d["pixel_spacing"],
+                                      seed=seed, class_prior=prior, **options)
+    ids = [f"synthetic-{seed}-{start + i:08d}" for i in range(count)]
+    meta = shards.standard_meta(count, id=ids, source=["synthetic"] * count, **meta)
+    writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], d["samples_per_shard"])
+    writer.write(k, images, meta)
+    return count
+
+
+def prepare_synthetic(cfg):
+    d = cfg["data"]
+    for name, (count, prior, options) in synthetic_plan(d).items():
+        if count == 0:
+            continue
+        folder = os.path.join(d["root"], name)
+        seed = d["seed"] + EVAL_SEED_OFFSETS[name]
+        sps = d["samples_per_shard"]
+        writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], sps)
+        num_shards = -(-count // sps)
+        jobs = [(folder, k, k * sps, min(sps, count - k * sps), d, prior, options, seed)
+                for k in range(num_shards) if not writer.is_complete(k)]
+        run_jobs(synthetic_shard_job, jobs, d["workers"], total=sum(j[3] for j in jobs), desc=name)
+        if name != "archive":
+            add_split_column(writer, num_shards, seed)
+        manifest = writer.finalize(num_shards, extra={"source": "synthetic", "name": name})
+        finish_dataset(cfg, folder, manifest)
+
+
+def add_split_column(writer, num_shards, seed):
+    """Evaluation sets get a stratified split; it needs every class_idx, so it is added once all shards exist."""
+    metas = []
+    for k in range(num_shards):
+        with np.load(writer.paths(k)[1]) as z:
+            metas.append({n: z[n] for n in z.files})
+    class_idx = np.concatenate([m["class_idx"] for m in metas])
+    split = split_column(len(class_idx), class_idx, seed)
+    offset = 0
+    for k, m in enumerate(metas):
+        n = len(m["class_idx"])
+        m["split"] = split[offset:offset + n]
+        offset += n
+        path = writer.paths(k)[1]
+        with open(path + ".tmp", "wb") as f:
+            np.savez(f, **m)
+        os.replace(path + ".tmp", path)
+
+
+# ------------------------------------------------------------------------------------------------ real data
+def real_shard_job(job):
+    """Read the items of one shard, skipping unreadable ones; write the shard and its failure list."""
+    import sentinel1
+    folder, k, items, d, labels = job
+    images, rows, failures = [], [], []
+    for item in items:
+        try:
+            image, meta = sentinel1.read_item(item, d, labels)
+        except sentinel1.InputError as e:
+            where = item["path"] + (f"::{item['member']}" if item.get("member") else "")
+            if d["strict"]:
+                return {"fatal": f"{where}: {e}"}
+            failures.append({"file": where, "reason": str(e)})
+            continue
+        images.append(image)
+        rows.append(meta)
+    writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], d["samples_per_shard"])
+    # The failure list is written before the shard, so a complete shard always has its failures on disk.
+    with open(failures_path(folder, k) + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in failures)
+    os.replace(failures_path(folder, k) + ".tmp", failures_path(folder, k))
+    columns = {name: [r[name] for r in rows] for name in (rows[0] if rows else {})}
+    size = d["image_size"]
+    writer.write(k, np.stack(images) if images else np.zeros((0, size, size), np.float32),
+                 shards.standard_meta(len(rows), **columns))
+    return len(items)
+
+
+def failures_path(folder, k):
+    return os.path.join(folder, f"failures_{k:05d}.jsonl")
+
+
+def prepare_real(cfg):
+    import sentinel1
+    d = cfg["data"]
+    name = "tengeop" if d["source"] == "tengeop" else "archive"
+    folder = os.path.join(d["root"], name)
+    try:
+        items = sentinel1.list_inputs(d)
+        labels, label_failures = sentinel1.load_labels(d)
+    except ValueError as e:
+        fail(str(e))
+    if not items:
+        fail(f"no {d['source']} inputs found under {d['input']}")
+    if label_failures and d["strict"]:
+        fail(f"{label_failures[0][0]}: {label_failures[0][1]}")
+    sps = d["samples_per_shard"]
+    writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], sps)
+    num_shards = -(-len(items) // sps)
+    jobs = [(folder, k, items[k * sps:(k + 1) * sps], d, labels)
+            for k in range(num_shards) if not writer.is_complete(k)]
+    for result in run_jobs(real_shard_job, jobs, d["workers"], total=sum(len(j[2]) for j in jobs), desc=name,
+                           unit_of=lambda r: 0 if isinstance(r, dict) else r):
+        if isinstance(result, dict):
+            fail(f"--strict: {result['fatal']}")
+    item_failures = []
+    for k in range(num_shards):
+        with open(failures_path(folder, k)) as f:
+            item_failures += [json.loads(line) for line in f]
+    failures = [{"file": f, "reason": r} for f, r in label_failures] + item_failures
+    with open(os.path.join(folder, "failures.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in failures)
+    ok = len(items) - len(item_failures)
+    print(f"{ok} ok, {len(failures)} failed" + (f" (listed in {folder}/failures.jsonl)" if failures else ""))
+    if ok == 0:
+        fail("no input could be read")
+    manifest = writer.finalize(num_shards, extra={"source": d["source"], "name": name})
+    finish_dataset(cfg, folder, manifest)
+
+
+# ------------------------------------------------------------------------------------------------ common
+def run_jobs(fn, jobs, workers, total, desc, unit_of=lambda r: r):
+    """Run jobs in a process pool (or inline for one worker), yielding results with a progress bar."""
+    bar = tqdm(total=total, desc=f"prepare {desc}", unit="img", dynamic_ncols=True)
+    if workers == 1 or len(jobs) <= 1:
+        results = map(fn, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+        results = pool.imap_unordered(fn, jobs)
+    out = []
+    for r in results:
+        bar.update(unit_of(r))
+        out.append(r)
+        if isinstance(r, dict) and "fatal" in r:
+            break
+    bar.close()
+    if workers > 1 and len(jobs) > 1:
+        pool.terminate()
+    return out
+
+
+def class_histogram(meta):
+    """Printable per-class counts, largest first: the heavy tail pruning exists to fix."""
+    names, counts = np.unique(meta["class_name"][meta["class_idx"] >= 0], return_counts=True)
+    if len(names) == 0:
+        return "  (no class labels)"
+    order = np.argsort(-counts)
+    total, top = counts.sum(), counts.max()
+    return "\n".join(f"  {names[i]:<24s}{counts[i]:>8d} {100 * counts[i] / total:5.1f}% "
+                     + "#" * max(1, int(40 * counts[i] / top)) for i in order)
+
+
+def finish_dataset(cfg, folder, manifest):
+    config.save(cfg, folder)
+    ds = shards.ShardDataset(folder)
+    print(f"{folder}: {len(ds)} samples of {manifest['shape']} {manifest['dtype']} dB, "
+          f"mean {ds.mean:.2f} dB, std {ds.std:.2f} dB, {len(manifest['shards'])} shard(s)")
+    print(class_histogram(ds.meta))
+    if cfg["data"]["montage"]:
+        print(f"  montage: {write_montage(ds, os.path.join(folder, 'montage.png'), seed=cfg['data']['seed'])}")
+
+
+def write_montage(ds, path, seed=0, per_row=8):
+    """PNG grid of random imagettes: one row per class (or random rows without labels), each stretched 2-98 %."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(seed)
+    labels = ds.meta["class_idx"]
+    classes = [c for c in np.unique(labels) if c >= 0] or [None]
+    rows = []
+    for c in classes:
+        pool = np.flatnonzero(labels == c) if c is not None else np.arange(len(ds))
+        pick = rng.choice(pool, size=min(per_row, len(pool)), replace=False)
+        title = ds.meta["class_name"][pool[0]] if c is not None else "random imagettes"
+        rows.append((title, np.sort(pick)))
+    if classes == [None]:
+        rows = [("random imagettes", np.sort(rng.choice(len(ds), size=min(per_row, len(ds)), replace=False)))
+                for _ in range(min(4, -(-len(ds) // per_row)))]
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.6 * per_row, 1.7 * len(rows)), squeeze=False)
+    for r, (title, idx) in enumerate(rows):
+        images = ds.read_batch(idx, raw=True)[:, 0]
+        for col, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if col < len(images):
+                lo, hi = np.percentile(images[col], [2, 98])
+                ax.imshow(images[col], cmap="gray", vmin=lo, vmax=hi)
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    spacing = ds.pixel_spacing * ds.shape[-1] / 1000
+    fig.suptitle(f"{os.path.basename(os.path.dirname(path) or '.')}: {spacing:.1f} km imagettes, dB, 2-98 % stretch",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def main(argv):
+    cfg = config.load_or_exit(argv, stage="data")
+    config.show(cfg, ["data"])
+    d = cfg["data"]
+    if d["source"] != "synthetic" and not d["input"]:
+        print(f"error: config key 'data.input': source '{d['source']}' needs an input folder", file=sys.stderr)
+        sys.exit(2)
+    if d["source"] == "synthetic":
+        prepare_synthetic(cfg)
+    else:
+        prepare_real(cfg)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
