@@ -1,0 +1,582 @@
+"""Backbones and the DINO projection head for 1-channel SAR imagettes.
+
+Manual
+------
+    import model
+    backbone = model.build_backbone("vit_small", patch_size=16, img_size=256, drop_path=0.1)
+    head = model.DINOHead(backbone.embed_dim, out_dim=65536)
+    student = model.MultiCropWrapper(backbone, head)
+    logits = student([global_a, global_b, local_1, ..., local_8])   # crops are [B,1,h,w]
+
+    feats = backbone(x)                      # [B, embed_dim]: CLS token (ViT) / pooled map (ResNet)
+    feats = backbone.get_features(x, n_last_blocks=4, avgpool=True)   # linear-probe features
+    model.load_backbone_weights(backbone, torch.load("checkpoint.pth"))  # strict, or ValueError
+    model.flops_per_image(backbone, 256)     # forward matmul FLOPs of one image, for MFU
+
+Architectures (`ARCHS`): vit_nano (a CPU-sized ViT for tests and smoke runs), vit_tiny, vit_small,
+vit_base, resnet50. The ViT state-dict keys follow the DINO/timm layout and the ResNet keys follow the
+torchvision layout, so the public DINO / torchvision checkpoints load after `load_backbone_weights` sums their
+RGB input kernel into one channel (the paper's recipe for a 1-channel first layer).
+
+Initialisation is deterministic: every constructor takes an optional `generator` (a CPU torch.Generator); when
+it is None a generator seeded with 0 is used, so two models built with the same arguments are identical.
+Drop-path draws its per-sample masks from the device's default generator during training, like dropout:
+the trainer seeds it.
+"""
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+# name -> (embed_dim, depth, num_heads); the MLP hidden size is always 4 x embed_dim.
+VIT_SIZES = {
+    "vit_nano": (96, 4, 3),
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+}
+ARCHS = (*VIT_SIZES, "resnet50")
+
+
+def _init_generator(generator):
+    return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
+def _trunc_normal_(tensor, std, generator):
+    """Zero-mean normal(std) truncated at +-2 std, by inverse CDF in one vectorised pass.
+
+    (torch.nn.init.trunc_normal_ rejection-samples and is ~10x slower; ViT-B init would take seconds.)
+    """
+    bound = math.erf(2.0 / math.sqrt(2.0))          # the uniform range that maps to +-2 std
+    with torch.no_grad():
+        tensor.uniform_(-bound, bound, generator=generator).erfinv_()
+        return tensor.mul_(std * math.sqrt(2.0)).clamp_(-2 * std, 2 * std)
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters in `module` (only those with requires_grad if trainable_only)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Vision Transformer
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero the residual branch of whole samples with probability drop_prob.
+
+    Survivors are scaled by 1/keep so the expected value matches eval mode, where this is the identity.
+    """
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self):
+        return f"drop_prob={self.drop_prob}"
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> tokens, as a strided convolution (key `patch_embed.proj`)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        x = self.proj(x)                          # [B, D, H/p, W/p]
+        return x.flatten(2).transpose(1, 2)       # [B, N, D]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)           # each [B, heads, N, head_dim]
+        x = F.scaled_dot_product_attention(q, k, v)              # fused kernel where available
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), each branch drop-pathed."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path_prob: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path_prob)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resample the patch part of a [1, 1+g*g, D] position embedding to a (h, w) grid.
+
+    The CLS slot is kept as is. The stored grid must be square (it is for every model built here and for
+    the public DINO checkpoints).
+    """
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    g = math.isqrt(patch_pos.shape[1])
+    if g * g != patch_pos.shape[1]:
+        raise ValueError(f"pos_embed has {patch_pos.shape[1]} patch positions, not a square grid")
+    if (g, g) == tuple(grid_hw):
+        return pos_embed
+    dim = patch_pos.shape[-1]
+    grid = patch_pos.reshape(1, g, g, dim).permute(0, 3, 1, 2)
+    # Interpolate in fp32: bicubic is not implemented for every low-precision dtype/device pair.
+    grid = F.interpolate(grid.float(), size=tuple(grid_hw), mode="bicubic", align_corners=False)
+    patch_pos = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with a CLS token and learned position embeddings, DINO/timm key layout, 1 input channel.
+
+    Built for `img_size`; other input sizes work by resampling the position embeddings (bicubic), so
+    96 px local crops go through a model built for 256 px. H and W need not be multiples of the patch:
+    the patch convolution drops the remainder.
+    """
+
+    def __init__(self, img_size=256, patch_size=16, in_chans=1, embed_dim=384, depth=12, num_heads=6,
+                 mlp_ratio=4.0, drop_path=0.0, generator=None):
+        super().__init__()
+        if img_size < patch_size:
+            raise ValueError(f"img_size {img_size} is smaller than patch_size {patch_size}")
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.embed_dim, self.depth, self.num_heads, self.mlp_ratio = embed_dim, depth, num_heads, mlp_ratio
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, embed_dim))
+        # Stochastic depth grows linearly with depth: the first block is never dropped.
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator=None):
+        g = _init_generator(generator)
+        _trunc_normal_(self.cls_token, 0.02, g)
+        _trunc_normal_(self.pos_embed, 0.02, g)
+        # The patch projection is a linear map of the flattened patch: initialise it like the other linears.
+        _trunc_normal_(self.patch_embed.proj.weight, 0.02, g)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                _trunc_normal_(m.weight, 0.02, g)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] image -> [B, 1+N, D] tokens (CLS first) with position embeddings added."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"ViT expects input [B,{self.in_chans},H,W], got {tuple(x.shape)}")
+        grid_hw = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        if min(grid_hw) < 1:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size} px patch")
+        tokens = self.patch_embed(x)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1) + resize_pos_embed(self.pos_embed, grid_hw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] -> normalised CLS feature [B, embed_dim]."""
+        x = self.prepare_tokens(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+    def get_features(self, x: torch.Tensor, n_last_blocks: int = 1, avgpool: bool = False) -> torch.Tensor:
+        """Linear-probe features: [CLS of each of the last n blocks (final-normed), mean patch token].
+
+        The mean patch token (only if avgpool) is taken from the last block. Output width is
+        `self.feature_dim(n_last_blocks, avgpool)`.
+        """
+        if not 1 <= n_last_blocks <= self.depth:
+            raise ValueError(f"n_last_blocks must be in [1, {self.depth}], got {n_last_blocks}")
+        x = self.prepare_tokens(x)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i >= self.depth - n_last_blocks:
+                outputs.append(self.norm(x))
+        feats = [out[:, 0] for out in outputs]
+        if avgpool:
+            feats.append(outputs[-1][:, 1:].mean(dim=1))
+        return torch.cat(feats, dim=-1)
+
+    def feature_dim(self, n_last_blocks: int = 1, avgpool: bool = False) -> int:
+        return self.embed_dim * (n_last_blocks + int(avgpool))
+
+    def flops_per_image(self, img_size) -> int:
+        """Forward matmul FLOPs (2 per multiply-add) for one image of img_size (int or (H, W)).
+
+        With N = 1 + (H/p)(W/p) tokens, D = embed_dim, M = mlp hidden size, L = depth:
+            patch embedding     (N-1) * p^2 * C * D
+            per block, linears  N * (3D*D + D*D + 2*D*M)        (qkv, proj, fc1, fc2; = 12*N*D^2 at M=4D)
+            per block, attention 2 * N^2 * D                     (Q K^T and attn @ V, summed over heads)
+        FLOPs = 2 * (patch + L * (linears + attention)). Norms, softmax, GELU and biases are ignored.
+        """
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        patches = (h // self.patch_size) * (w // self.patch_size)
+        n, d, p = patches + 1, self.embed_dim, self.patch_size
+        hidden = int(d * self.mlp_ratio)
+        patch_macs = patches * p * p * self.in_chans * d
+        block_macs = n * (4 * d * d + 2 * d * hidden) + 2 * n * n * d
+        return 2 * (patch_macs + self.depth * block_macs)
+
+
+def vit(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float = 0.0, in_chans: int = 1,
+        generator=None) -> VisionTransformer:
+    """Build one of the named ViT sizes (see VIT_SIZES)."""
+    if arch not in VIT_SIZES:
+        raise ValueError(f"unknown ViT arch {arch!r}; expected one of {sorted(VIT_SIZES)}")
+    embed_dim, depth, heads = VIT_SIZES[arch]
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                             depth=depth, num_heads=heads, drop_path=drop_path, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ResNet50
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand (x4), plus a projected shortcut when needed."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != outplanes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(outplanes))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision-layout ResNet (bottleneck blocks), 1-channel stem, no `fc`: returns the pooled feature."""
+
+    def __init__(self, layers=(3, 4, 6, 3), in_chans: int = 1, generator=None):
+        super().__init__()
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = 64
+        for k, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+            stride = 1 if k == 1 else 2
+            blocks = []
+            for i in range(n_blocks):
+                blocks.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
+                inplanes = planes * Bottleneck.expansion
+            setattr(self, f"layer{k}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.embed_dim = inplanes
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator=None):
+        g = _init_generator(generator)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+                m.reset_running_stats()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] -> globally average-pooled feature [B, 2048]."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"ResNet expects input [B,{self.in_chans},H,W], got {tuple(x.shape)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+    def get_features(self, x: torch.Tensor, **ignored) -> torch.Tensor:
+        """Linear-probe features: the pooled feature (n_last_blocks / avgpool do not apply to a CNN)."""
+        return self(x)
+
+    def feature_dim(self, *ignored, **ignored_kw) -> int:
+        return self.embed_dim
+
+    def flops_per_image(self, img_size) -> int:
+        """Forward FLOPs = 2 * sum over convolutions of (out_h * out_w * C_out * C_in/groups * k_h * k_w).
+
+        Spatial sizes are propagated with the convolution arithmetic out = floor((in + 2p - k) / s) + 1.
+        BatchNorm, ReLU, pooling and the residual additions are ignored (no multiply-adds of a matmul).
+        """
+        def out_size(hw, k, s, p):
+            return tuple((n + 2 * p - k) // s + 1 for n in hw)
+
+        def conv_macs(conv, hw_in):
+            hw = out_size(hw_in, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+            k_h, k_w = conv.kernel_size
+            macs = hw[0] * hw[1] * conv.out_channels * (conv.in_channels // conv.groups) * k_h * k_w
+            return macs, hw
+
+        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        total, hw = conv_macs(self.conv1, hw)
+        hw = out_size(hw, 3, 2, 1)                                   # max pool
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                m1, hw1 = conv_macs(block.conv1, hw)
+                m2, hw2 = conv_macs(block.conv2, hw1)
+                m3, hw3 = conv_macs(block.conv3, hw2)
+                total += m1 + m2 + m3
+                if block.downsample is not None:
+                    total += conv_macs(block.downsample[0], hw)[0]
+                hw = hw3
+        return 2 * total
+
+
+def resnet50(in_chans: int = 1, generator=None) -> ResNet:
+    return ResNet((3, 4, 6, 3), in_chans=in_chans, generator=generator)
+
+
+def build_backbone(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float = 0.0,
+                   generator=None) -> nn.Module:
+    """Build a 1-channel backbone by name (one of ARCHS). Every backbone has `.embed_dim`.
+
+    patch_size, img_size and drop_path only apply to ViTs; the torchvision ResNet50 has no stochastic depth.
+    """
+    if arch == "resnet50":
+        return resnet50(generator=generator)
+    if arch in VIT_SIZES:
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+        return vit(arch, patch_size=patch_size, img_size=img_size, drop_path=drop_path, generator=generator)
+    raise ValueError(f"unknown arch {arch!r}; expected one of {list(ARCHS)}")
+
+
+def flops_per_image(backbone: nn.Module, img_size) -> int:
+    """Forward matmul FLOPs of `backbone` on one img_size (int or (H, W)) image; see each class's method.
+
+    For MFU of a training step, a forward+backward costs about 3x this per student crop and the EMA teacher
+    costs 1x per global crop; add DINOHead.flops_per_sample() per crop (3x for the student).
+    """
+    if not hasattr(backbone, "flops_per_image"):
+        raise ValueError(f"no FLOP formula for {type(backbone).__name__}")
+    return backbone.flops_per_image(img_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DINO head and multi-crop wrapper
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU) -> bottleneck -> L2 normalise -> weight-normalised bias-free linear to out_dim logits.
+
+    The last layer uses torch.nn.utils.parametrizations.weight_norm: weight = g * v / ||v|| per output row,
+    stored as `last_layer.parametrizations.weight.original0` (g, the magnitude) and `.original1` (v).
+    g starts at 1; with norm_last_layer it stays 1 (requires_grad False), so every logit is a cosine
+    similarity, which is what keeps DINO stable. The trainer zeroes `head.last_layer` grads during the
+    first epoch(s).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 nlayers: int = 3, norm_last_layer: bool = True, generator=None):
+        super().__init__()
+        if nlayers < 1:
+            raise ValueError(f"DINOHead nlayers must be >= 1, got {nlayers}")
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        layers = []
+        for i in range(nlayers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < nlayers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        g = _init_generator(generator)
+        with torch.no_grad():
+            for m in self.mlp:
+                if isinstance(m, nn.Linear):
+                    _trunc_normal_(m.weight, 0.02, g)
+                    nn.init.zeros_(m.bias)
+            last = nn.Linear(bottleneck_dim, out_dim, bias=False)
+            _trunc_normal_(last.weight, 0.02, g)       # only the row directions matter after weight norm
+        self.last_layer = weight_norm(last)
+        magnitude = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            magnitude.fill_(1.0)
+        magnitude.requires_grad_(not norm_last_layer)
+        self.norm_last_layer = norm_last_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1, p=2)
+        return self.last_layer(x)
+
+    def flops_per_sample(self) -> int:
+        """Forward matmul FLOPs per input vector: 2 * sum of the weight sizes of all linear layers."""
+        macs = sum(m.in_features * m.out_features for m in self.mlp if isinstance(m, nn.Linear))
+        v = self.last_layer.parametrizations.weight.original1
+        return 2 * (macs + v.numel())
+
+
+class MultiCropWrapper(nn.Module):
+    """Run a list of crops of possibly different resolutions through backbone + head.
+
+    Consecutive crops of the same (H, W) are concatenated along the batch and go through the backbone in one
+    pass (so 2 globals + 8 locals = 2 backbone passes); all features then go through the head in one pass.
+    Output rows are in crop order: crop 0's batch, then crop 1's, ...
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops, return_backbone_features: bool = False):
+        if isinstance(crops, torch.Tensor):
+            crops = [crops]
+        if len(crops) == 0:
+            raise ValueError("MultiCropWrapper got an empty list of crops")
+        features, start = [], 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(torch.cat(crops[start:end])))
+            start = end
+        features = torch.cat(features)
+        out = self.head(features)
+        return (out, features) if return_backbone_features else out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weight loading
+
+_CONTAINER_KEYS = ("teacher", "state_dict", "model", "backbone")
+_PREFIXES = ("module.", "backbone.", "teacher.", "_orig_mod.")
+_DROPPED_PREFIXES = ("head.", "fc.")
+_FIRST_CONVS = ("patch_embed.proj.weight", "conv1.weight")
+
+
+def _unwrap_checkpoint(obj):
+    """Descend into {'teacher': ...} / {'state_dict': ...} / ... until a flat name -> tensor mapping."""
+    while isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise ValueError(f"checkpoint has no state dict under any of {_CONTAINER_KEYS}; "
+                             f"top-level keys: {_short_list(list(obj))}")
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict or checkpoint dict, got {type(obj).__name__}")
+    return obj
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def _short_list(keys, limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return "[" + ", ".join(keys[:limit]) + "]" + more
+
+
+def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum an RGB first-layer kernel into one channel; resample a position embedding to the model's grid."""
+    if key in _FIRST_CONVS and value.ndim == 4 and value.shape[1] != target.shape[1] and target.shape[1] == 1:
+        return value.sum(dim=1, keepdim=True)
+    if key == "pos_embed" and value.ndim == 3 and value.shape != target.shape:
+        g = math.isqrt(target.shape[1] - 1)
+        return resize_pos_embed(value, (g, g))
+    return value
+
+
+def load_backbone_weights(model: nn.Module, state_dict) -> None:
+    """Load a backbone from a raw state dict or a checkpoint (DINO, torchvision, this project's export).
+
+    Unwraps 'teacher' / 'state_dict' / 'model' / 'backbone' containers, strips `module.`, `backbone.`,
+    `teacher.` and `_orig_mod.` prefixes, drops DINO head (`head.*`) and classifier (`fc.*`) keys, sums a
+    3-channel first conv into 1 channel, resamples `pos_embed` to the model's grid, and loads strictly.
+    BatchNorm `num_batches_tracked` counters absent from older checkpoints are set to 0.
+    Any missing, unexpected or wrongly shaped key raises ValueError listing them; nothing is loaded then.
+    """
+    raw = _unwrap_checkpoint(state_dict)
+    cleaned = {}
+    for key, value in raw.items():
+        key = _strip_prefixes(key)
+        if not key.startswith(_DROPPED_PREFIXES):
+            cleaned[key] = value
+    expected = model.state_dict()
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in cleaned:
+            cleaned[key] = torch.zeros_like(expected[key])
+    missing = set(expected) - set(cleaned)
+    unexpected = set(cleaned) - set(expected)
+    mismatched = []
+    for key in set(expected) & set(cleaned):
+        cleaned[key] = _adapt_tensor(key, cleaned[key], expected[key])
+        if cleaned[key].shape != expected[key].shape:
+            mismatched.append(f"{key}: {tuple(cleaned[key].shape)} vs model {tuple(expected[key].shape)}")
+    if missing or unexpected or mismatched:
+        raise ValueError(f"state dict does not match {type(model).__name__}: "
+                         f"missing {len(missing)} {_short_list(missing)}; "
+                         f"unexpected {len(unexpected)} {_short_list(unexpected)}; "
+                         f"shape mismatch {len(mismatched)} {_short_list(mismatched, limit=4)}")
+    model.load_state_dict(cleaned, strict=True)

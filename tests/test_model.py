@@ -1,0 +1,334 @@
+"""Tests for model.py: backbones, DINO head, multi-crop wrapper, weight loading, FLOP formulas (CPU, small)."""
+
+import copy
+import math
+import os
+import re
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import model as M  # noqa: E402
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def nano(img_size=64, patch_size=8, drop_path=0.0, seed=0):
+    return M.build_backbone("vit_nano", patch_size, img_size, drop_path, generator=gen(seed)).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return M.build_backbone("resnet50", 16, 64, 0.0).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- ViT
+
+
+def test_archs_and_unknown_arch():
+    assert set(M.ARCHS) == {"vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet50"}
+    with pytest.raises(ValueError, match="vit_huge"):
+        M.build_backbone("vit_huge", 16, 224, 0.0)
+
+
+def test_vit_nano_and_tiny_shapes():
+    x = torch.randn(2, 1, 64, 64)
+    b = nano()
+    assert b.embed_dim == 96
+    assert b(x).shape == (2, 96)
+    assert b.get_features(x, n_last_blocks=4, avgpool=True).shape == (2, b.feature_dim(4, True)) == (2, 5 * 96)
+    tiny = M.build_backbone("vit_tiny", 16, 32, 0.1).eval()
+    assert tiny.embed_dim == 192 and len(tiny.blocks) == 12 and tiny.blocks[0].attn.num_heads == 3
+    assert tiny(torch.randn(1, 1, 32, 32)).shape == (1, 192)
+
+
+def test_vit_get_features_last_block_equals_forward():
+    b, x = nano(), torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(b.get_features(x), b(x))
+        two = b.get_features(x, n_last_blocks=2, avgpool=True)
+    torch.testing.assert_close(two[:, 96:192], b(x))       # last block's CLS comes second
+    with pytest.raises(ValueError, match="n_last_blocks"):
+        b.get_features(x, n_last_blocks=5)
+
+
+def test_vit_key_layout():
+    keys = set(nano().state_dict())
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                "norm.weight", "norm.bias"}
+    for i in range(4):
+        for sub in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            expected |= {f"blocks.{i}.{sub}.weight", f"blocks.{i}.{sub}.bias"}
+    assert keys == expected
+
+
+def test_vit_small_and_base_param_counts():
+    with torch.device("meta"):                              # shapes only: counting needs no weights
+        small = M.build_backbone("vit_small", 16, 224, 0.1)
+        base = M.build_backbone("vit_base", 16, 224, 0.1)
+    d, n_tok = 384, 1 + 14 * 14
+    per_block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d
+    expected = 16 * 16 * d + d + d + n_tok * d + 12 * per_block + 2 * d
+    assert M.count_params(small) == expected == 21_469_056
+    assert abs(M.count_params(small) - 21.5e6) / 21.5e6 < 0.01
+    assert small.blocks[0].norm1.eps == 1e-6 and small.blocks[0].attn.qkv.bias is not None
+    assert base.embed_dim == 768 and 85e6 < M.count_params(base) < 86.5e6
+    with torch.no_grad():
+        for arch, dim in [("vit_small", 384), ("vit_base", 768)]:
+            real = M.build_backbone(arch, 16, 32, 0.1).eval()
+            assert real(torch.randn(1, 1, 32, 32)).shape == (1, dim)
+
+
+def test_pos_embed_interpolation_other_sizes():
+    b = nano(img_size=64)
+    with torch.no_grad():
+        for hw in [(32, 32), (96, 96), (48, 40)]:
+            assert b(torch.randn(2, 1, *hw)).shape == (2, 96)
+    assert M.resize_pos_embed(b.pos_embed, (8, 8)) is b.pos_embed
+    # Bicubic resampling of a constant-per-channel grid keeps it constant; the CLS slot is untouched.
+    const = torch.cat([torch.full((1, 1, 3), 7.0), torch.arange(3.0).expand(1, 64, 3)], dim=1)
+    out = M.resize_pos_embed(const, (3, 5))
+    assert out.shape == (1, 16, 3)
+    torch.testing.assert_close(out[0, 0], torch.full((3,), 7.0))
+    torch.testing.assert_close(out[0, 1:], torch.arange(3.0).expand(15, 3))
+
+
+def test_bad_input_channels_raise():
+    with pytest.raises(ValueError, match="expects input"):
+        nano()(torch.randn(1, 3, 64, 64))
+
+
+def test_init_is_deterministic_per_generator():
+    a, b, c = nano(seed=1), nano(seed=1), nano(seed=2)
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.blocks[0].attn.qkv.weight, c.blocks[0].attn.qkv.weight)
+
+
+def test_drop_path_train_vs_eval():
+    x = torch.randn(4, 1, 64, 64)
+    dropped, plain = nano(drop_path=0.5), nano(drop_path=0.0)
+    assert dropped.blocks[0].drop_path.drop_prob == 0.0 and dropped.blocks[-1].drop_path.drop_prob == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x))   # eval: identity, same weights (same generator)
+        dropped.train()
+        torch.manual_seed(0)
+        assert not torch.allclose(dropped(x), dropped(x))
+    # Per sample: every sample is either zeroed or scaled by 1/keep, never partially.
+    y = torch.ones(64, 5, 7)
+    torch.manual_seed(0)
+    out = M.drop_path(y, 0.25, training=True)
+    per_sample = out.flatten(1)
+    assert torch.all((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(4 / 3)).all(1))
+    assert 0 < (per_sample[:, 0] == 0).sum() < 64
+    assert torch.equal(M.drop_path(y, 0.25, training=False), y)
+
+
+# ------------------------------------------------------------------------------------------------- ResNet
+
+
+def test_resnet50_layout_params_shape(resnet):
+    keys = set(resnet.state_dict())
+    for k in ["conv1.weight", "bn1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.0.bn3.bias",
+              "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight", "layer3.5.conv2.weight",
+              "layer4.2.conv3.weight", "layer4.0.downsample.1.running_var"]:
+        assert k in keys, k
+    assert not any(k.startswith("fc.") for k in keys) and "layer1.1.downsample.0.weight" not in keys
+    assert len([k for k in keys if k.endswith("conv1.weight") and k.startswith("layer")]) == 16
+    assert resnet.conv1.weight.shape == (64, 1, 7, 7)
+    assert M.count_params(resnet) == 23_501_760
+    assert abs(M.count_params(resnet) - 23.5e6) / 23.5e6 < 0.01
+    assert resnet.embed_dim == 2048
+    with torch.no_grad():
+        x = torch.randn(2, 1, 32, 32)
+        assert resnet(x).shape == (2, 2048)
+        torch.testing.assert_close(resnet.get_features(x, n_last_blocks=4, avgpool=True), resnet(x))
+
+
+# -------------------------------------------------------------------------------------------------- FLOPs
+
+
+def _hooked_matmul_flops(backbone, img_size):
+    """Independent count: 2 * MACs of every conv/linear from the real output shapes, + ViT attention."""
+    macs = []
+
+    def hook(mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+            macs.append(out.numel() * k)
+        else:
+            macs.append(out.numel() * mod.in_features)
+
+    x = torch.zeros(1, 1, img_size, img_size)
+    with torch.no_grad():
+        tokens = backbone.prepare_tokens(x).shape[1] if hasattr(backbone, "blocks") else 0
+    handles = [m.register_forward_hook(hook) for m in backbone.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        backbone(x)
+    for h in handles:
+        h.remove()
+    attention = len(getattr(backbone, "blocks", [])) * 2 * tokens * tokens * getattr(backbone, "embed_dim", 0)
+    return 2 * (sum(macs) + attention)
+
+
+def test_flops_match_hooked_count(resnet):
+    b = nano()
+    assert M.flops_per_image(b, 64) == _hooked_matmul_flops(b, 64)
+    assert M.flops_per_image(resnet, 64) == _hooked_matmul_flops(resnet, 64)
+    assert M.flops_per_image(resnet, (64, 64)) == M.flops_per_image(resnet, 64)
+    # Published orders of magnitude: ViT-S/16 ~4.6 GMACs, ResNet50 ~4.1 GMACs at 224 px.
+    with torch.device("meta"):
+        small = M.build_backbone("vit_small", 16, 224, 0.0)
+    assert 2 * 4.4e9 < M.flops_per_image(small, 224) < 2 * 4.7e9
+    assert 2 * 3.9e9 < M.flops_per_image(resnet, 224) < 2 * 4.2e9
+    with pytest.raises(ValueError, match="FLOP"):
+        M.flops_per_image(nn.Linear(2, 2), 64)
+
+
+# --------------------------------------------------------------------------------------------------- Head
+
+
+def test_dino_head_weight_norm_and_frozen_magnitude():
+    head = M.DINOHead(96, 512, hidden_dim=64, bottleneck_dim=32, nlayers=3)
+    g = head.last_layer.parametrizations.weight.original0
+    assert torch.equal(g, torch.ones(512, 1)) and not g.requires_grad
+    assert head.last_layer.bias is None
+    assert "last_layer.parametrizations.weight.original1" in head.state_dict()
+    w = head.last_layer.weight
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(512))
+    x = torch.randn(8, 96)
+    out = head(x)
+    assert out.shape == (8, 512)
+    assert out.abs().max() <= 1 + 1e-5                      # cosine similarities of unit vectors
+    torch.testing.assert_close(out, nn.functional.normalize(head.mlp(x), dim=-1) @ w.t())
+    # A training step moves the directions, never the frozen magnitude.
+    opt = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=1.0)
+    head(x).pow(2).sum().backward()
+    assert g.grad is None and head.last_layer.parametrizations.weight.original1.grad is not None
+    opt.step()
+    assert torch.equal(g, torch.ones(512, 1))
+    assert head.flops_per_sample() == 2 * (96 * 64 + 64 * 64 + 64 * 32 + 32 * 512)
+
+
+def test_dino_head_trainable_magnitude_and_one_layer():
+    head = M.DINOHead(16, 10, nlayers=1, norm_last_layer=False)
+    assert head.last_layer.parametrizations.weight.original0.requires_grad
+    assert [type(m) for m in head.mlp] == [nn.Linear] and head.mlp[0].out_features == 256
+    with pytest.raises(ValueError, match="nlayers"):
+        M.DINOHead(16, 10, nlayers=0)
+
+
+# ------------------------------------------------------------------------------------------ Multi-crop
+
+
+def test_multicrop_equals_separate_runs_with_one_pass_per_resolution():
+    b = nano()
+    wrapper = M.MultiCropWrapper(b, M.DINOHead(96, 64, hidden_dim=32, bottleneck_dim=16)).eval()
+    crops = [torch.randn(3, 1, 64, 64) for _ in range(2)] + [torch.randn(3, 1, 32, 32) for _ in range(3)]
+    calls = []
+    handle = b.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    with torch.no_grad():
+        out, feats = wrapper(crops, return_backbone_features=True)
+    handle.remove()
+    assert calls == [6, 9]
+    assert out.shape == (15, 64) and feats.shape == (15, 96)
+    with torch.no_grad():
+        separate = torch.cat([wrapper.head(b(c)) for c in crops])
+    torch.testing.assert_close(out, separate, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper(crops[0]), separate[:3], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        wrapper([])
+
+
+def test_wrapper_deepcopy_teacher_is_independent():
+    student = M.MultiCropWrapper(nano(), M.DINOHead(96, 64, hidden_dim=32, bottleneck_dim=16))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        teacher.head.last_layer.parametrizations.weight.original1.add_(1.0)
+    assert not torch.equal(teacher.head.last_layer.weight, student.head.last_layer.weight)
+    assert set(teacher.state_dict()) == set(student.state_dict())
+
+
+# -------------------------------------------------------------------------------------------- Loading
+
+
+def test_load_prefixed_checkpoint_and_pos_embed_resize():
+    source = nano(img_size=32, seed=1)
+    target = nano(img_size=64, seed=2)
+    ckpt = {"epoch": 3, "teacher": {f"module.backbone.{k}": v for k, v in source.state_dict().items()}}
+    ckpt["teacher"]["module.head.last_layer.weight_g"] = torch.ones(4, 1)
+    M.load_backbone_weights(target, ckpt)
+    torch.testing.assert_close(target.blocks[2].mlp.fc2.weight, source.blocks[2].mlp.fc2.weight)
+    assert target.pos_embed.shape == (1, 65, 96)
+    torch.testing.assert_close(target.pos_embed, M.resize_pos_embed(source.pos_embed, (8, 8)))
+    # Another container/prefix order: {'state_dict': {'backbone.module._orig_mod.<key>': ...}}.
+    other = nano(img_size=64, seed=3)
+    M.load_backbone_weights(other, {"state_dict": {f"backbone.module._orig_mod.{k}": v
+                                                   for k, v in target.state_dict().items()}})
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), target.state_dict().values()))
+
+
+def test_load_sums_three_channel_first_conv(resnet):
+    source = nano(seed=1)
+    sd = dict(source.state_dict())
+    rgb = torch.randn(96, 3, 8, 8)
+    sd["patch_embed.proj.weight"] = rgb
+    sd["head.weight"], sd["head.bias"] = torch.zeros(1000, 96), torch.zeros(1000)   # timm classifier: dropped
+    target = nano(seed=2)
+    M.load_backbone_weights(target, sd)
+    torch.testing.assert_close(target.patch_embed.proj.weight, rgb.sum(1, keepdim=True))
+    # torchvision-style ResNet: RGB conv1, an fc classifier, no num_batches_tracked counters.
+    tv = {k: v.clone() for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    tv["conv1.weight"] = torch.randn(64, 3, 7, 7)
+    tv["fc.weight"], tv["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    r2 = copy.deepcopy(resnet)
+    M.load_backbone_weights(r2, tv)
+    torch.testing.assert_close(r2.conv1.weight, tv["conv1.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(r2.layer2[1].conv2.weight, resnet.layer2[1].conv2.weight)
+    assert r2.bn1.num_batches_tracked.item() == 0
+
+
+def test_load_wrong_dict_raises_listing_keys_and_loads_nothing(resnet):
+    target = nano(seed=2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    sd = dict(nano(seed=1).state_dict())
+    del sd["norm.weight"]
+    sd["foo.bar"] = torch.zeros(3)
+    with pytest.raises(ValueError) as err:
+        M.load_backbone_weights(target, sd)
+    msg = str(err.value)
+    assert "norm.weight" in msg and "foo.bar" in msg and "missing 1" in msg and "unexpected 1" in msg
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    # A ResNet dict into a ViT: long key lists are truncated, not dumped.
+    with pytest.raises(ValueError, match=re.escape("more)")) as err:
+        M.load_backbone_weights(target, resnet.state_dict())
+    assert len(str(err.value)) < 2000
+    # Wrong width: shape mismatch is named.
+    tiny_sd = M.build_backbone("vit_tiny", 8, 64, 0.0).state_dict()
+    with pytest.raises(ValueError, match="shape mismatch"):
+        M.load_backbone_weights(target, {k: v for k, v in tiny_sd.items() if not k.startswith("blocks.")})
+    with pytest.raises(ValueError, match="state dict"):
+        M.load_backbone_weights(target, [1, 2, 3])
+    with pytest.raises(ValueError, match="top-level keys"):
+        M.load_backbone_weights(target, {"epoch": 3, "args": None})
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_multicrop_matches_fp32():
+    wrapper = M.MultiCropWrapper(nano(), M.DINOHead(96, 64, hidden_dim=32, bottleneck_dim=16)).cuda().eval()
+    crops = [torch.randn(4, 1, 64, 64, device="cuda")] * 2 + [torch.randn(4, 1, 32, 32, device="cuda")] * 2
+    with torch.no_grad():
+        ref = wrapper(crops)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = wrapper(crops)
+    assert out.shape == ref.shape and math.isfinite(out.float().abs().max().item())
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
