@@ -129,10 +129,10 @@ def real_shard_job(job):
     for item in items:
         try:
             image, meta = sentinel1.read_item(item, d, labels)
-        except sentinel1.InputError as e:
-            where = item["path"] + (f"::{item['member']}" if item.get("member") else "")
+        except sentinel1.InputError as e:  # its message starts with the file (and zip member)
             if d["strict"]:
-                return {"fatal": f"{where}: {e}"}
+                return {"fatal": str(e)}
+            where = item["path"] + (f"[{item['member']}]" if item.get("member") else "")
             failures.append({"file": where, "reason": str(e)})
             continue
         images.append(image)
@@ -147,6 +147,21 @@ def real_shard_job(job):
     writer.write(k, np.stack(images) if images else np.zeros((0, size, size), np.float32),
                  shards.standard_meta(len(rows), **columns))
     return len(items)
+
+
+def drop_duplicate_ids(items):
+    """The same imagette can arrive twice (a .SAFE and its .zip, a re-download): keep the first in sorted order."""
+    seen, kept, duplicates = {}, [], []
+    for item in items:
+        key = item.get("id")
+        if key and key in seen:
+            where = item["path"] + (f"[{item['member']}]" if item.get("member") else "")
+            duplicates.append({"file": where, "reason": f"duplicate of imagette {key} in {seen[key]}"})
+            continue
+        if key:
+            seen[key] = item["path"]
+        kept.append(item)
+    return kept, duplicates
 
 
 def failures_path(folder, k):
@@ -165,6 +180,9 @@ def prepare_real(cfg):
         fail(str(e))
     if not items:
         fail(f"no {d['source']} inputs found under {d['input']}")
+    items, duplicates = drop_duplicate_ids(items)
+    if duplicates and d["strict"]:
+        fail(f"--strict: {duplicates[0]['file']}: {duplicates[0]['reason']}")
     if label_failures and d["strict"]:
         fail(f"{label_failures[0][0]}: {label_failures[0][1]}")
     sps = d["samples_per_shard"]
@@ -180,7 +198,7 @@ def prepare_real(cfg):
     for k in range(num_shards):
         with open(failures_path(folder, k)) as f:
             item_failures += [json.loads(line) for line in f]
-    failures = [{"file": f, "reason": r} for f, r in label_failures] + item_failures
+    failures = [{"file": f, "reason": r} for f, r in label_failures] + duplicates + item_failures
     with open(os.path.join(folder, "failures.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in failures)
     ok = len(items) - len(item_failures)

@@ -86,3 +86,108 @@ def test_rerun_resumes_and_is_idempotent(prepared, tmp_path):
     assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in reference["shards"]]
     ds = shards.ShardDataset(str(archive), verify=True)
     assert len(set(ds.meta["id"])) == len(ds) == 300
+
+
+# ------------------------------------------------------------------------------------------------ real sources
+from s1_fixtures import make_ocn, make_safe, make_tengeop, zip_safe  # noqa: E402
+
+REAL = """
+data:
+  source: {source}
+  input: {input}
+  root: {root}
+  image_size: 16
+  pixel_spacing: 20.0
+  samples_per_shard: 2
+  workers: 1
+  montage: false
+  ocn_dir: {ocn}
+"""
+
+
+def real_inputs(tmp_path):
+    """Two SAFE products (a folder and a zip), OCN labels for some imagettes, and damaged inputs."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _, ids_a = make_safe(inputs, n_imagettes=2, lines=120, samples=160, seed=1)
+    safe_b, ids_b = make_safe(tmp_path / "zipme", n_imagettes=2, lines=120, samples=160, seed=2, mission="s1b")
+    zip_safe(safe_b, inputs / (os.path.basename(str(safe_b))[:-5] + ".zip"))
+    (inputs / "S1A_WV_SLC__1SSV_20210401T000000_20210401T000100_037000_045000_DEAD.zip").write_bytes(b"not a zip")
+    ocn = tmp_path / "ocn"
+    for i, sid in enumerate(ids_a):
+        make_ocn(ocn / (sid.replace("-slc-", "-ocn-") + ".nc"), wind=5.0 + i, hs=1.0 + i)
+    return inputs, ocn, ids_a + ids_b
+
+
+def run_real(tmp_path, inputs, ocn, extra=(), source="safe"):
+    cfg = tmp_path / "real.yaml"
+    cfg.write_text(REAL.format(source=source, input=inputs, root=tmp_path / "out", ocn=ocn or "null"))
+    return subprocess.run([sys.executable, "prepare.py", str(cfg), *extra], capture_output=True, text=True)
+
+
+def test_safe_dirs_and_zips_with_labels_and_failures(tmp_path):
+    inputs, ocn, ids = real_inputs(tmp_path)
+    r = run_real(tmp_path, inputs, ocn)
+    assert r.returncode == 0, r.stderr
+    assert "4 ok, 1 failed" in r.stdout
+    ds = shards.ShardDataset(str(tmp_path / "out" / "archive"), verify=True)
+    assert sorted(ds.meta["id"]) == sorted(ids)
+    wind = dict(zip(ds.meta["id"], ds.meta["wind"]))
+    assert wind[ids[0]] == pytest.approx(5.0) and wind[ids[1]] == pytest.approx(6.0)
+    assert np.isnan(wind[ids[2]])  # no OCN file: the label stays missing, the imagette stays
+    assert set(ds.meta["split"]) <= {"train", "val", "test"}
+    failures = [json.loads(line) for line in open(tmp_path / "out" / "archive" / "failures.jsonl")]
+    assert len(failures) == 1 and "DEAD.zip" in failures[0]["file"] and failures[0]["reason"]
+
+
+def test_duplicate_products_are_listed_not_repeated(tmp_path):
+    inputs, ocn, ids = real_inputs(tmp_path)
+    zip_safe(make_safe(tmp_path / "again", n_imagettes=2, lines=120, samples=160, seed=1)[0],
+             inputs / "copy_of_first_product.zip")
+    r = run_real(tmp_path, inputs, ocn)
+    assert r.returncode == 0 and "4 ok, 3 failed" in r.stdout
+    ds = shards.ShardDataset(str(tmp_path / "out" / "archive"))
+    assert sorted(ds.meta["id"]) == sorted(ids)
+    reasons = [json.loads(line)["reason"] for line in open(tmp_path / "out" / "archive" / "failures.jsonl")]
+    assert sum(r.startswith("duplicate") for r in reasons) == 2, reasons
+
+
+def test_strict_makes_a_failure_fatal(tmp_path):
+    inputs, ocn, _ = real_inputs(tmp_path)
+    r = run_real(tmp_path, inputs, ocn, extra=["--strict"])
+    assert r.returncode != 0 and "DEAD.zip" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "archive" / "manifest.json").exists()
+
+
+def test_nothing_readable_exits_nonzero(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "S1A_WV_SLC__1SSV_20210401T000000_20210401T000100_037000_045000_DEAD.zip").write_bytes(b"junk")
+    r = run_real(tmp_path, inputs, None)
+    assert r.returncode != 0 and "0 ok, 1 failed" in r.stdout and "no input could be read" in r.stderr
+
+
+def test_interrupted_real_run_resumes_exactly(tmp_path):
+    inputs, ocn, _ = real_inputs(tmp_path)
+    assert run_real(tmp_path / "", inputs, ocn).returncode == 0
+    folder = tmp_path / "out" / "archive"
+    reference = json.load(open(folder / "manifest.json"))
+    # Interrupt: the last shard and the manifest are gone, a temporary is left over.
+    last = len(reference["shards"]) - 1
+    os.remove(folder / reference["shards"][last]["images"])
+    os.remove(folder / "manifest.json")
+    (folder / "images_00000.npy.tmp").write_bytes(b"x")
+    r = run_real(tmp_path, inputs, ocn)
+    assert r.returncode == 0 and "4 ok, 1 failed" in r.stdout
+    resumed = json.load(open(folder / "manifest.json"))
+    assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in reference["shards"]]
+    assert len(open(folder / "failures.jsonl").readlines()) == 1  # no failure listed twice
+
+
+def test_tengeop_source(tmp_path):
+    make_tengeop(tmp_path / "tengeop", per_class=20)
+    r = run_real(tmp_path, tmp_path / "tengeop", None, source="tengeop")
+    assert r.returncode == 0, r.stderr
+    ds = shards.ShardDataset(str(tmp_path / "out" / "tengeop"))
+    assert len(ds) == 200 and (np.bincount(ds.meta["class_idx"], minlength=10) == 20).all()
+    assert set(ds.meta["split"]) == {"train", "val", "test"}
