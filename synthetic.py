@@ -1,0 +1,607 @@
+"""A physics-based synthetic Sentinel-1 Wave Mode (WV) archive: imagettes of the 10 TenGeoP classes.
+
+The manual
+----------
+    import synthetic
+    images, meta = synthetic.generate(0, 1024, image_size=64, pixel_spacing=100.0, seed=0)
+    images   float32 [count, H, W], sigma0 in dB (speckled, noise floor included), H = W = image_size
+    meta     dict of numpy arrays, one row per imagette:
+             class_idx int16 (0..9 = TenGeoP letters F..O), class_name str, beam 'wv1'/'wv2',
+             incidence (deg), wind (U10, m/s; area mean where the wind varies), wind_dir (deg, relative to the
+             radar look, 0 = wind blowing towards the radar), hs (total significant wave height, m),
+             swell_wavelength (m), swell_dir (deg, relative to the look), swell_period (s), lat, lon (deg),
+             time (ISO 8601 UTC), nesz (dB, the thermal noise floor of that imagette).
+
+Determinism: for given options, imagette i of an archive depends on (seed, i) only. Every imagette draws all of
+its randomness (condition uniforms, white-noise fields, speckle) from np.random.default_rng([seed, i]), so
+generate(0, 100) equals generate(0, 40) followed by generate(40, 60), whatever the cut into shards. The short
+loop that draws those numbers is the only loop over samples; every transform is vectorised over the batch.
+
+Geometry: columns are ground range (the radar looks along +x), rows are azimuth. Every length is in metres and
+every texture is built in metres, so a feature keeps its physical size at any pixel spacing. Random fields are
+complex white noise shaped in the Fourier domain and include the pixel's box average (a sinc transfer), so
+what a coarse pixel cannot resolve (short swell, 50 m slicks) fades out as it would in a decimated imagette.
+
+Physics of one imagette (see ../shared/docs/DATA.md):
+- beam WV1 23.5 +- 1 deg or WV2 36.5 +- 1 deg; wind Weibull (shape 2.2, mean 8 m/s: a redundant archive) cut to
+  each class's plausible range; `balanced_conditions=True` draws wind uniform in 1-20 m/s and total Hs uniform in
+  0.5-10 m instead (regression sets). Swell period 8-18 s, wavelength g T^2 / 2 pi, height log-normal; wind sea
+  Hs = development x 0.0245 U^2 (Pierson-Moskowitz at full development); total Hs = quadrature sum.
+- mean sigma0 = CMOD5.n(U10, phi, theta) in linear units; textures multiply it (unit mean where they should not
+  change the mean); observed intensity = (sigma0 + NESZ) x Gamma(L, 1/L) speckle; output 10 log10.
+- speckle looks L = max(1, (spacing / 6 m)^2): an independent SLC resolution cell is about 6 m x 6 m (4-5 m
+  pixels, oversampled), so a 50 m pixel averages ~69 looks, a 100 m pixel ~280.
+- waves: swell and wind sea as narrow / broad spectral peaks, SAR modulation ~ tilt transfer x slope, then the
+  azimuth cut-off exp(-(k_az lambda_c / 2 pi)^2), lambda_c = 340-550 m growing with Hs and wind.
+- classes: streaks (rolls 0.8-3 km, within 15 deg of the wind, ~8 % wind modulation, weaker crosswind); micro
+  convective cells (1-4 km, 10-30 %); rain cells (5-10 km, bright gust arc +2..+5 dB, dark core -2..-6 dB, rough);
+  biological slicks (dark meanders 50-500 m wide, -3..-10 dB, U 2-7); sea ice (no swell; Voronoi floe mosaic,
+  bright ridges, dark or bright leads); icebergs (compact targets +10..+20 dB, 40-600 m); low wind (blobs where
+  U < 2 m/s: sigma0 at the noise floor); atmospheric front (a sharp curved wind step: a few dB); oceanic front
+  (a thin bright or dark line, sides 0.5-2 dB apart).
+
+Below ~2 m/s CMOD5.n is unreliable; rendering uses surface_sigma0 = CMOD5.n x 1 / (1 + (1.8 / U)^10), which
+equals CMOD5.n above 3 m/s and sinks to the noise floor in calm water (the short waves need ~2 m/s to grow).
+
+Options: class_prior (10 weights, default ARCHIVE_PRIOR); balanced_classes=True cycles through the classes of
+non-zero prior by imagette index (exactly balanced evaluation sets); balanced_conditions=True (regression sets);
+a class's physics overrides the draws where they conflict (slicks need 2-7 m/s, pack ice damps the waves).
+Test hooks: force_class=k renders only class k; with_speckle=False returns the speckle-free expected
+intensity, sigma0 + NESZ, in dB (same imagettes otherwise).
+"""
+import math
+
+import numpy as np
+import scipy.fft
+from scipy.special import erf, ndtri
+
+CLASS_LETTERS = "FGHIJKLMNO"
+CLASS_NAMES = ["Pure Ocean Waves", "Wind Streaks", "Micro Convective Cells", "Rain Cells", "Biological Slicks",
+               "Sea Ice", "Iceberg", "Low Wind Area", "Atmospheric Front", "Oceanic Front"]
+# The real archive is open ocean almost everywhere; rare phenomena are a few percent each (heavy tail).
+ARCHIVE_PRIOR = (0.45, 0.25, 0.12, 0.04, 0.02, 0.03, 0.015, 0.04, 0.02, 0.015)
+
+G = 9.81                       # m/s^2
+RESOLUTION_CELL_M = 6.0        # side of one independent SLC look on the ground
+NESZ_RANGE_DB = (-26.0, -22.0)
+BEAM_INCIDENCE = {"wv1": 23.5, "wv2": 36.5}
+WIND_WEIBULL_SHAPE, WIND_MEAN = 2.2, 8.0
+# Plausible U10 per class (m/s): (archive low, archive high, balanced low, balanced high).
+WIND_RANGE = [(2, 25, 1, 20), (3, 20, 2, 20), (3, 18, 2, 20), (5, 20, 5, 20), (2, 7, 2, 7),
+              (2, 20, 2, 20), (4, 20, 4, 20), (2, 5, 2, 5), (4, 14, 4, 14), (3, 12, 3, 12)]
+TIME_RANGE = (np.datetime64("2016-01-01T00:00:00"), np.datetime64("2025-01-01T00:00:00"))
+CHUNK_PIXELS = 1 << 21         # samples rendered together: bounds memory, never changes the result
+
+# The uniforms of one imagette: the shared conditions first, then a block each class renderer reads its own way.
+_CONDITIONS = ["class", "beam", "incidence", "wind", "wind_dir", "period", "swell_dir", "swell_hs", "development",
+               "hs_target", "lat", "lon", "hemisphere", "time", "nesz", "cutoff"]
+_U = {name: j for j, name in enumerate(_CONDITIONS)}
+_CLASS_UNIFORMS = 40
+
+
+# ------------------------------------------------------------------------------------------------ CMOD5.n
+# Hersbach (2010), CMOD5.n: the CMOD5 form refitted to neutral winds. c[1..28]; c[0] unused.
+_C = (0.0, -0.6878, -0.7957, 0.3380, -0.1728, 0.0000, 0.0040, 0.1103, 0.0159, 6.7329, 2.7713, -2.2885,
+      0.4971, -0.7250, 0.0450, 0.0066, 0.3222, 0.0120, 22.7000, 2.0813, 3.0000, 8.3659, -3.3428, 1.3236,
+      6.2437, 2.3893, 0.3249, 4.1590, 1.6930)
+
+
+def cmod5n(u10, phi_deg, theta_deg):
+    """VV C-band sigma0 (linear) for neutral wind u10 (m/s), direction phi relative to the look (0 = upwind,
+    wind blowing towards the radar) and incidence theta (deg). Broadcasts numpy arrays."""
+    c = _C
+    dtype = np.result_type(np.asarray(u10).dtype, np.asarray(theta_deg).dtype, np.float32)  # float32 stays float32
+    v = np.maximum(np.asarray(u10, dtype=dtype), 1e-3)
+    x = (np.asarray(theta_deg, dtype=dtype) - 40.0) / 25.0
+    cos_phi = np.cos(np.radians(phi_deg))
+    # isotropic term B0: a saturating function of a2*v, raised to gamma, times a power of ten
+    a0 = c[1] + c[2] * x + c[3] * x ** 2 + c[4] * x ** 3
+    a1, a2 = c[5] + c[6] * x, c[7] + c[8] * x
+    gam = c[9] + c[10] * x + c[11] * x ** 2
+    s0 = c[12] + c[13] * x
+    s = a2 * v
+    g0 = 1.0 / (1.0 + np.exp(-np.maximum(s, s0)))
+    # below s0 the logistic is replaced by a power law that meets it at s0 (keeps low winds monotone)
+    f = np.where(s < s0, g0 * (np.minimum(s, s0) / s0) ** (s0 * (1.0 - g0)), g0)
+    b0 = f ** gam * 10.0 ** (a0 + a1 * v)
+    # upwind/downwind asymmetry B1
+    b1 = c[14] * (1.0 + x) - c[15] * v * (0.5 + x - np.tanh(4.0 * (x + c[16] + c[17] * v)))
+    b1 = b1 / (1.0 + np.exp(0.34 * (v - c[18])))
+    # upwind/crosswind anisotropy B2
+    y0, n = c[19], c[20]
+    y = v / (c[21] + c[22] * x + c[23] * x ** 2) + 1.0
+    y = np.where(y < y0, y0 - (y0 - 1.0) / n + (np.maximum(y, 1.0) - 1.0) ** n / (n * (y0 - 1.0) ** (n - 1.0)), y)
+    b2 = (-(c[24] + c[25] * x + c[26] * x ** 2) + (c[27] + c[28] * x) * y) * np.exp(-y)
+    return b0 * (1.0 + b1 * cos_phi + b2 * (2.0 * cos_phi ** 2 - 1.0)) ** 1.6
+
+
+def surface_sigma0(u10, phi_deg, theta_deg):
+    """The sea-surface model used for rendering: CMOD5.n, tapered below the ~2 m/s onset of the short
+    gravity-capillary waves (where CMOD5.n is unreliable and real sigma0 drops to the noise floor):
+    x 1 / (1 + (1.8 / U)^10): -0.03 dB at 3 m/s, -1.3 dB at 2 m/s, -8.6 dB at 1.5 m/s, -25 dB at 1 m/s."""
+    u = np.maximum(np.asarray(u10, dtype=np.result_type(np.asarray(u10).dtype, np.float32)), 1e-3)
+    return cmod5n(u, phi_deg, theta_deg) / (1.0 + (1.8 / u) ** 10)
+
+
+# ------------------------------------------------------------------------------------------------ speckle, noise
+def looks_for_spacing(pixel_spacing):
+    """Equivalent number of looks of a pixel of that spacing: the independent 6 m SLC cells it averages."""
+    return max(1.0, (float(pixel_spacing) / RESOLUTION_CELL_M) ** 2)
+
+
+def speckle(intensity, looks, rng):
+    """Multiplicative L-look speckle: intensity x Gamma(L, 1/L) (unit mean, normalised variance 1/L)."""
+    return intensity * rng.standard_gamma(looks, size=np.shape(intensity)) / looks
+
+
+# ------------------------------------------------------------------------------------------------ grid and fields
+class _Grid:
+    """Pixel coordinates (m) and the half-plane wavenumbers (rad/m) of a square imagette."""
+
+    def __init__(self, size, spacing):
+        self.size, self.spacing, self.extent = size, spacing, size * spacing
+        c = ((np.arange(size) - (size - 1) / 2) * spacing).astype(np.float32)
+        self.x, self.y = c[None, None, :], c[None, :, None]
+        fx, fy = np.fft.rfftfreq(size), np.fft.fftfreq(size)  # cycles per pixel
+        self.kx = (2 * np.pi * fx / spacing).astype(np.float32)[None, None, :]
+        self.ky = (2 * np.pi * fy / spacing).astype(np.float32)[None, :, None]
+        self.k = np.hypot(self.kx, self.ky)
+        self.transfer2 = ((np.sinc(fy)[:, None] * np.sinc(fx)[None, :]) ** 2).astype(np.float32)[None]
+        self.dk2 = (2 * np.pi / self.extent) ** 2
+        # pairs of N(0,1) become complex white noise of unit power: x sqrt(1/2); the self-mirrored columns
+        # (kx = 0, Nyquist) keep only their real part in irfft2, so they keep full power to stay white
+        self.noise_gain = np.where((fx == 0) | (fx == 0.5), 1.0, math.sqrt(0.5)).astype(np.float32)[None, None, :]
+
+
+def _field(z, density, g, gradient=False):
+    """Real Gaussian field from white noise z [n,H,Wr,2] (pairs of N(0,1)) shaped by a spectral density
+    [n,H,Wr] on the half-plane (variance per (rad/m)^2). Its variance is the density's integral over what the
+    grid resolves: a unit-integral density gives unit variance when its scales fit between two pixels and the
+    imagette, and fades where they do not (short swell on coarse pixels, a 5 km pattern in a 3 km imagette),
+    as in real data. gradient=True also returns d/dx and d/dy (per metre)."""
+    power = density * g.transfer2 * np.float32(g.dk2 * g.size ** 2)
+    spectrum = z.view(np.complex64)[..., 0] * (np.sqrt(power) * g.noise_gain).astype(np.float32)
+    if gradient:
+        spectrum = np.stack([spectrum, 1j * g.kx * spectrum, 1j * g.ky * spectrum])
+    out = scipy.fft.irfft2(spectrum, s=(g.size, g.size), norm="ortho")
+    return tuple(out) if gradient else out
+
+
+def _peak_pair(g, k0, direction_deg, sigma):
+    """Unit-integral pair of Gaussian peaks at +-k0 along direction (deg from +x): a real field's spectrum."""
+    kx0, ky0 = k0 * np.cos(np.radians(direction_deg)), k0 * np.sin(np.radians(direction_deg))
+    plus = np.exp(-((g.kx - kx0) ** 2 + (g.ky - ky0) ** 2) / (2 * sigma ** 2))
+    minus = np.exp(-((g.kx + kx0) ** 2 + (g.ky + ky0) ** 2) / (2 * sigma ** 2))
+    return (plus + minus) / (4 * np.pi * sigma ** 2)
+
+
+def _ring(g, k0, rel_width):
+    """Unit-integral isotropic band around wavenumber k0 (cells, meanders, roughness)."""
+    sigma = rel_width * k0
+    area = 2 * np.pi * (sigma ** 2 * np.exp(-0.5 / rel_width ** 2)
+                        + k0 * sigma * math.sqrt(np.pi / 2) * (1 + erf(1 / (rel_width * math.sqrt(2)))))
+    return np.exp(-0.5 * ((g.k - k0) / sigma) ** 2) / area
+
+
+def _lowpass(g, scale):
+    """Unit-integral smooth spectrum: features larger than about `scale` metres (blobs, outlines, bends)."""
+    return np.exp(-(g.k * scale / (2 * np.pi)) ** 2) * scale ** 2 / (4 * np.pi ** 3)
+
+
+def _oriented(g, k0, across_deg, rel_across, rel_along):
+    """Unit-integral pair of bands at +-k0 along across_deg, narrow in the perpendicular direction: parallel
+    crests elongated perpendicular to across_deg (streaks, leads)."""
+    a = np.radians(across_deg)
+    k_across = g.kx * np.cos(a) + g.ky * np.sin(a)
+    k_along = -g.kx * np.sin(a) + g.ky * np.cos(a)
+    s_across, s_along = rel_across * k0, rel_along * k0
+    return (np.exp(-0.5 * ((np.abs(k_across) - k0) / s_across) ** 2 - 0.5 * (k_along / s_along) ** 2)
+            / (4 * np.pi * s_across * s_along))
+
+
+def _stretched_lowpass(g, across, along, angle_deg):
+    """Unit-integral smooth spectrum of features about `along` m long and `across` m wide, elongated along
+    angle_deg: its zero lines are long, sparse, roughly parallel cracks (leads)."""
+    a = np.radians(angle_deg)
+    k_along = g.kx * np.cos(a) + g.ky * np.sin(a)
+    k_across = -g.kx * np.sin(a) + g.ky * np.cos(a)
+    return (np.exp(-(k_across * across / (2 * np.pi)) ** 2 - (k_along * along / (2 * np.pi)) ** 2)
+            * across * along / (4 * np.pi ** 3))
+
+
+def _unit_mean(m):
+    return m / m.mean(axis=(-2, -1), keepdims=True)
+
+
+def _line(dist, width, spacing):
+    """Pixel-averaged cross-section (peak 1 at full resolution) of a line `width` m wide at distance `dist`:
+    a line thinner than a pixel spreads over the pixel with its area kept, so its contrast drops."""
+    w_eff = np.sqrt(width ** 2 + spacing ** 2)
+    return (width / w_eff) * np.exp(-(2 * dist / w_eff) ** 2)
+
+
+def _sigmoid(t):
+    return 0.5 * (1.0 + np.tanh(0.5 * t))
+
+
+def _hash01(ix, iy, key, salt):
+    """Deterministic uniform [0, 1) per integer lattice cell (a 64-bit integer mix), for Voronoi floes."""
+    h = ix.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ iy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    h = h ^ key ^ np.uint64(salt * 0x165667B19E3779F9 & 0xFFFFFFFFFFFFFFFF)
+    for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h = (h ^ (h >> np.uint64(33))) * np.uint64(mult)
+    return ((h ^ (h >> np.uint64(33))) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _voronoi(x, y, cell, key):
+    """Jittered-grid Voronoi of cell size `cell` (m): distance to the nearest and second-nearest seed, and a
+    uniform value attached to the nearest seed. Each lattice cell holds one seed; only the 3x3 neighbouring
+    cells can hold a pixel's two nearest, so seeds are tabulated once per cell and gathered 9 times."""
+    n = len(x)
+    fx, fy = np.floor(x / cell), np.floor(y / cell)              # lattice cell of each pixel (float32)
+    lo_x = fx.min(axis=(1, 2), keepdims=True) - 1
+    lo_y = fy.min(axis=(1, 2), keepdims=True) - 1
+    span = int(max((fx - lo_x).max(), (fy - lo_y).max())) + 2
+    cells = np.arange(span)
+    jitter_x, jitter_y, values = (
+        _hash01(lo_x.astype(np.int64) + cells[None, None, :], lo_y.astype(np.int64) + cells[None, :, None], key,
+                salt).astype(np.float32).ravel() for salt in (1, 2, 3))
+    # flat table row of each pixel's own cell; a neighbour is a constant offset away
+    row = (np.arange(n)[:, None, None] * span * span + ((fy - lo_y) * span + (fx - lo_x)).astype(np.int64))
+    at = np.empty_like(row)
+    u, v = x / cell - fx, y / cell - fy                          # position inside the cell, in cells
+    d1 = np.full(x.shape, np.inf, np.float32)                    # squared distances, in cells^2
+    d2, value = d1.copy(), np.zeros(x.shape, np.float32)
+    for ox in (-1, 0, 1):
+        for oy in (-1, 0, 1):
+            np.add(row, oy * span + ox, out=at)
+            d = (u - ox - jitter_x.take(at)) ** 2 + (v - oy - jitter_y.take(at)) ** 2
+            nearer = d < d1
+            d2 = np.minimum(d2, np.maximum(d1, d))
+            value = np.where(nearer, values.take(at), value)
+            d1 = np.minimum(d1, d)
+    return np.sqrt(d1) * cell, np.sqrt(d2) * cell, value
+
+
+# ------------------------------------------------------------------------------------------------ conditions
+def _draw_classes(u_class, first, prior, balanced_classes, force_class):
+    """Class of each imagette: forced, cycled over the classes of non-zero prior (exactly balanced sets), or
+    drawn from the prior by inverse CDF."""
+    n = len(u_class)
+    if force_class is not None:
+        return np.full(n, force_class, np.int16)
+    present = np.flatnonzero(prior > 0)
+    if balanced_classes:
+        return present[(first + np.arange(n)) % len(present)].astype(np.int16)
+    cdf = np.cumsum(prior) / prior.sum()
+    return np.minimum(np.searchsorted(cdf, u_class, side="right"), present[-1]).astype(np.int16)
+
+
+def _draw_wind(u, class_idx, balanced):
+    """U10 inside the class's plausible range: Weibull (archive) or uniform (balanced) by inverse CDF."""
+    table = np.asarray(WIND_RANGE, np.float64)[class_idx]
+    if balanced:
+        return table[:, 2] + u * (table[:, 3] - table[:, 2])
+    k = WIND_WEIBULL_SHAPE
+    scale = WIND_MEAN / math.gamma(1 + 1 / k)
+    lo, hi = [1 - np.exp(-(table[:, j] / scale) ** k) for j in (0, 1)]
+    return scale * (-np.log1p(-(lo + u * (hi - lo)))) ** (1 / k)
+
+
+def _draw_latitude(u_lat, u_hemisphere, class_idx):
+    """Open ocean spread evenly over the sphere within +-60 deg; sea ice and icebergs at high latitude."""
+    lat = np.degrees(np.arcsin(np.sin(np.radians(60.0)) * (2 * u_lat - 1)))
+    north = u_hemisphere < 0.5
+    ice = np.where(north, 65 + 15 * u_lat, -72 + 12 * u_lat)    # Arctic / Antarctic pack edge
+    berg = np.where(north, 55 + 20 * u_lat, -65 + 20 * u_lat)   # Greenland, Labrador / Southern Ocean
+    return np.select([class_idx == 5, class_idx == 6], [ice, berg], lat)
+
+
+def _draw_conditions(u, class_idx, balanced):
+    """Every per-imagette condition from its uniforms u [n, K], vectorised (inverse-CDF transforms)."""
+    col = {name: u[:, j] for name, j in _U.items()}
+    wv2 = col["beam"] >= 0.5
+    incidence = np.where(wv2, BEAM_INCIDENCE["wv2"], BEAM_INCIDENCE["wv1"]) + 2 * col["incidence"] - 1
+    wind = _draw_wind(col["wind"], class_idx, balanced)
+    wind_dir = 360 * col["wind_dir"]
+    # annotators label streaks where rolls show, i.e. not crosswind: within 60 deg of up- or downwind
+    v = 240 * col["wind_dir"]
+    wind_dir = np.where(class_idx == 1, np.where(v < 120, v - 60, v), wind_dir) % 360
+    if balanced:
+        period = 8 + 10 * col["period"]
+    else:
+        period = np.clip(12.5 + 2.0 * ndtri(col["period"]), 8, 18)
+    hs_windsea = (0.3 + 0.7 * col["development"]) * 0.0245 * wind ** 2   # fetch/duration-limited PM
+    if balanced:   # total Hs uniform whatever the wind: the wind sea gives way, swell makes up the rest
+        hs_total = 0.5 + 9.5 * col["hs_target"]
+        hs_windsea = np.minimum(hs_windsea, 0.9 * hs_total)
+        hs_swell = np.sqrt(hs_total ** 2 - hs_windsea ** 2)
+    else:
+        hs_swell = np.clip(1.5 * np.exp(0.5 * ndtri(col["swell_hs"])), 0.2, 8.0)
+    damp = np.where(class_idx == 5, 0.05, 1.0)   # pack ice damps the waves
+    hs_swell, hs_windsea = hs_swell * damp, hs_windsea * damp
+    hs = np.hypot(hs_swell, hs_windsea)
+    cutoff = np.clip(300 + 25 * hs + 6 * wind + 40 * (col["cutoff"] - 0.5), 340, 550)
+    seconds = (TIME_RANGE[1] - TIME_RANGE[0]).astype(np.int64)
+    time = TIME_RANGE[0] + (col["time"] * seconds).astype("timedelta64[s]")
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return {
+        "class_idx": class_idx, "class_name": np.asarray(CLASS_NAMES)[class_idx],
+        "beam": np.where(wv2, "wv2", "wv1"), "incidence": f32(incidence), "wind": f32(wind),
+        "wind_dir": f32(wind_dir), "hs": f32(hs), "swell_wavelength": f32(G * period ** 2 / (2 * np.pi)),
+        "swell_dir": f32(360 * col["swell_dir"]), "swell_period": f32(period),
+        "lat": f32(_draw_latitude(col["lat"], col["hemisphere"], class_idx)), "lon": f32(360 * col["lon"] - 180),
+        "time": np.datetime_as_string(time, unit="s").astype("<U19"), "nesz": f32(NESZ_RANGE_DB[0] + 4 * col["nesz"]),
+        # internal (not returned): the two wave systems and the azimuth cut-off
+        "hs_swell": f32(hs_swell), "hs_windsea": f32(hs_windsea), "cutoff": f32(cutoff),
+    }
+
+
+META_KEYS = ["class_idx", "class_name", "beam", "incidence", "wind", "wind_dir", "hs", "swell_wavelength",
+             "swell_dir", "swell_period", "lat", "lon", "time", "nesz"]
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+class _Scene:
+    """The imagettes of one class inside a chunk: numeric conditions as [n,1,1] arrays, their white noise
+    z [n, FIELDS_USED[class], H, Wr, 2] (a renderer cannot read a field it did not declare), their class
+    uniforms and the grid."""
+
+    def __init__(self, cond, idx, u, z, g):
+        self.g, self.z, self.u = g, z, u[idx, len(_CONDITIONS):]
+        for name, values in cond.items():
+            if values.dtype == np.float32:
+                setattr(self, name, values[idx][:, None, None])
+
+    def uniform(self, j, lo, hi):
+        return (lo + (hi - lo) * self.u[:, j, None, None]).astype(np.float32)
+
+    def log_uniform(self, j, lo, hi):
+        return (lo * (hi / lo) ** self.u[:, j, None, None]).astype(np.float32)
+
+    def sign(self, j):
+        return np.where(self.u[:, j, None, None] < 0.5, -1.0, 1.0).astype(np.float32)
+
+    def cmod(self, wind=None, wind_dir=None):
+        """Mean sigma0 (linear) of the imagettes' own wind, or of a wind (and direction) field."""
+        wind, wind_dir = self.wind if wind is None else wind, self.wind_dir if wind_dir is None else wind_dir
+        return surface_sigma0(wind, wind_dir, self.incidence).astype(np.float32)
+
+    def wind_sensitivity(self):
+        """d ln sigma0 / d ln U10 of CMOD5.n here: turns a wind modulation into a sigma0 modulation."""
+        return (np.log(self.cmod(self.wind * 1.1) / self.cmod(self.wind / 1.1)) / np.log(1.21)).astype(np.float32)
+
+    def waves(self, gain=1.0, floor=0.0):
+        """Swell + wind sea as the SAR sees them: unit-mean multiplicative modulation of sigma0. Amplitude =
+        tilt transfer x wave slope; the azimuth cut-off removes short azimuth-travelling waves."""
+        g = self.g
+        tilt = 15.0 - 6.0 * (self.incidence - 23.5) / 13.0   # sigma0 falls fastest with angle at low incidence
+        k_swell = 2 * np.pi / self.swell_wavelength
+        k_sea = 0.877 ** 2 * G / self.wind ** 2              # wind-sea peak: omega_p = 0.877 g / U
+        a_swell = gain * np.clip(tilt * k_swell * self.hs_swell / 2, floor, 0.45)
+        a_sea = gain * np.clip(0.5 * tilt * k_sea * self.hs_windsea / 2, 0.0, 0.3)
+        density = (a_swell ** 2 * _peak_pair(g, k_swell, self.swell_dir, 0.06 * k_swell)
+                   + a_sea ** 2 * _peak_pair(g, k_sea, self.wind_dir, 0.35 * k_sea))
+        density = density * np.exp(-(g.ky * self.cutoff / (2 * np.pi)) ** 2)
+        return _unit_mean(np.exp(_field(self.z[:, 0], density, g)))
+
+    def ocean(self, gain=0.6):
+        """Open-ocean background of the non-wave classes: CMOD5.n with weaker visible swell."""
+        return self.cmod() * self.waves(gain)
+
+
+def _render_waves(s):
+    """Open ocean with nothing but waves: swell at least at 10 % modulation where the pixels resolve it."""
+    return s.cmod() * s.waves(1.0, floor=0.1), s.wind
+
+
+def _render_streaks(s):
+    """Boundary-layer rolls: bands 0.8-3 km apart, elongated within 15 deg of the wind."""
+    g = s.g
+    spacing = s.log_uniform(0, 800, 3000)
+    axis = s.wind_dir + s.uniform(1, -15, 15)
+    rolls = _field(s.z[:, 1], _oriented(g, 2 * np.pi / spacing, axis + 90, 0.4, 0.1), g)
+    crosswind = 0.25 + 0.75 * np.cos(np.radians(s.wind_dir)) ** 2   # 3-10x weaker seen crosswind
+    onset = np.clip(s.wind - 2.0, 0.0, 1.0)                          # no rolls below ~2 m/s
+    a_wind = s.uniform(2, 0.045, 0.115) * crosswind * onset
+    m = _unit_mean(np.maximum(1 + a_wind * rolls, 0.2) ** s.wind_sensitivity())
+    return s.ocean() * m, s.wind
+
+
+def _render_cells(s):
+    """Micro-convective cells: bright 1-4 km cell bodies with thin darker rims, 10-30 % modulation."""
+    size = s.log_uniform(0, 1000, 4000)
+    f = _field(s.z[:, 1], _ring(s.g, np.pi / size, 0.3), s.g)     # |f| has blobs of half the band's period
+    cellular = (np.abs(f) - 0.798) / 0.603
+    return s.ocean() * _unit_mean(np.exp(s.uniform(1, 0.1, 0.3) * cellular)), s.wind
+
+
+def _render_rain(s):
+    """A 5-10 km rain cell: bright gust-front arc on one side, dark damped core, rough texture inside."""
+    g = s.g
+    radius = s.uniform(0, 2500, 5000)
+    psi = np.radians(s.uniform(1, 0, 360))
+    # place a point of the arc inside the imagette, so that arc and core both show
+    cx = s.uniform(2, -0.2, 0.2) * g.extent - radius * np.cos(psi)
+    cy = s.uniform(3, -0.2, 0.2) * g.extent - radius * np.sin(psi)
+    outline = 1 + 0.08 * _field(s.z[:, 2], _lowpass(g, 3000.0), g)
+    r = np.hypot(g.x - cx, g.y - cy) * outline
+    width = s.uniform(4, 0.1, 0.2) * radius
+    facing = (1 + np.cos(np.arctan2(g.y - cy, g.x - cx) - psi)) / 2
+    arc = np.exp(-((r - radius) / width) ** 2) * facing ** s.uniform(5, 2, 6)
+    core = _sigmoid(-(r - 0.7 * radius) / (0.06 * radius))
+    rough = _field(s.z[:, 1], _ring(g, 2 * np.pi / s.uniform(6, 150, 400), 0.5), g)
+    db = s.uniform(7, 2, 5) * arc - s.uniform(8, 2, 6) * core + s.uniform(9, 0.5, 1.5) * rough * core
+    return s.ocean() * 10 ** (db / 10), s.wind
+
+
+def _render_slicks(s):
+    """Surfactant filaments: zero lines of a meandering field, 50-500 m wide, damping 3-10 dB, in patches."""
+    g = s.g
+    stretch = _oriented(g, 2 * np.pi / s.log_uniform(0, 1000, 4000), s.uniform(4, 0, 180), 0.6, 0.3)
+    f, fx, fy = _field(s.z[:, 1], stretch, g, gradient=True)
+    dist = np.abs(f) / np.maximum(np.hypot(fx, fy), 1e-9)   # distance to the zero line, metres
+    patches = _sigmoid(4 * (_field(s.z[:, 2], _lowpass(g, 2000.0), g) - s.uniform(2, -0.5, 0.5)))
+    damping = 1 - 10 ** (-s.uniform(3, 3, 10) / 10)
+    return s.ocean() * (1 - damping * _line(dist, s.log_uniform(1, 50, 500), g.spacing) * patches), s.wind
+
+
+def _render_sea_ice(s):
+    """Pack ice: no waves; a warped Voronoi floe mosaic of piecewise-constant sigma0, bright pressure ridges
+    along floe edges, long leads of dark calm water or bright wind-roughened water."""
+    g = s.g
+    floe = s.log_uniform(0, 300, 3000)
+    warp = _field(s.z[:, 1], _lowpass(g, floe), g) * 0.3 * floe   # irregular floe edges
+    key = (s.u[:, 1, None, None] * 2.0 ** 53).astype(np.uint64)
+    x = g.x + warp
+    y = g.y + np.roll(warp, g.size // 2, axis=-1)                 # a shifted copy: nearly independent
+    d1, d2, value = _voronoi(x, y, floe, key)
+    level_db = (s.uniform(2, -19, -13) - 0.3 * (s.incidence - 23.5)) + s.uniform(3, 1.5, 4) * (2 * value - 1)
+    ridged = _sigmoid(3 * np.roll(warp / (0.3 * floe), g.size // 2, axis=-2))
+    ridge_db = s.uniform(4, 3, 6) * _line((d2 - d1) / 2, s.log_uniform(5, 30, 120), g.spacing) * ridged
+    rough = _unit_mean(np.exp(0.2 * _field(s.z[:, 0], _ring(g, 2 * np.pi / 250.0, 0.5), g)))
+    ice = 10 ** ((level_db + ridge_db) / 10) * rough
+    gap = s.log_uniform(7, 2000, 8000)   # typical distance between leads
+    lf, lfx, lfy = _field(s.z[:, 2], _stretched_lowpass(g, gap, 4 * gap, s.uniform(6, 0, 180)), g, gradient=True)
+    has_leads = (s.u[:, 8, None, None] < 0.7).astype(np.float32)
+    lead = has_leads * _line(np.abs(lf) / np.maximum(np.hypot(lfx, lfy), 1e-9), s.log_uniform(9, 50, 400), g.spacing)
+    water = np.where(s.u[:, 10, None, None] < 0.5, np.float32(10 ** -2.8), s.cmod())  # calm or rough
+    return ice * (1 - lead) + water * lead, s.wind
+
+
+def _render_icebergs(s, max_count=6):
+    """1-6 compact targets 40-600 m, +10..+20 dB over the sea clutter (the primary one >= 150 m, >= 12 dB)."""
+    g = s.g
+    ocean = s.ocean()
+    clutter = ocean.mean(axis=(-2, -1), keepdims=True) + 10 ** (s.nesz / 10)
+    count = 1 + np.floor(s.u[:, 0, None, None] * max_count)
+    pixel2 = g.spacing ** 2 / (2 * np.pi)   # a pixel's box average ~ Gaussian blur of that variance
+    excess = np.zeros_like(ocean)
+    for j in range(max_count):   # a loop over targets, vectorised over imagettes and pixels
+        c = 1 + 6 * j
+        size = s.log_uniform(c, 150, 600) if j == 0 else s.log_uniform(c, 40, 300)
+        contrast_db = s.uniform(c + 1, 12, 20) if j == 0 else s.uniform(c + 1, 10, 20)
+        dx = g.x - s.uniform(c + 2, -0.45, 0.45) * g.extent
+        dy = g.y - s.uniform(c + 3, -0.45, 0.45) * g.extent
+        aspect, turn = s.uniform(c + 4, 1, 2.5), np.radians(s.uniform(c + 5, 0, 180))
+        a2 = (size / 2) ** 2 * aspect / 2                      # Gaussian of the target's area
+        b2 = (size / 2) ** 2 / aspect / 2
+        along, across = dx * np.cos(turn) + dy * np.sin(turn), -dx * np.sin(turn) + dy * np.cos(turn)
+        peak = np.sqrt(a2 * b2 / ((a2 + pixel2) * (b2 + pixel2)))
+        shape = peak * np.exp(-along ** 2 / (2 * (a2 + pixel2)) - across ** 2 / (2 * (b2 + pixel2)))
+        excess += (j < count) * (10 ** (contrast_db / 10) - 1) * shape
+    return ocean + clutter * excess, s.wind
+
+
+def _quantile(f, q):
+    """Per-imagette quantile q [n,1,1] of f [n,H,W]."""
+    flat = np.sort(f.reshape(len(f), -1), axis=1)
+    rank = np.round(q.reshape(-1, 1) * (flat.shape[1] - 1)).astype(np.int64)
+    return np.take_along_axis(flat, rank, axis=1)[:, :, None]
+
+
+def _render_low_wind(s):
+    """Calm blobs of several km (U < 2 m/s: sigma0 sinks to the noise floor) in a light breeze."""
+    g = s.g
+    f = _field(s.z[:, 1], _lowpass(g, s.log_uniform(0, 1500, 5000)), g)
+    threshold = _quantile(f, 1 - s.uniform(1, 0.35, 0.8))        # the calm covers 35-80 % of the imagette
+    calm = _sigmoid((f - threshold) / (0.15 * f.std(axis=(-2, -1), keepdims=True) + 1e-6))
+    inner = s.uniform(2, 0.3, 1.2) * np.maximum(1 + 0.3 * _field(s.z[:, 2], _lowpass(g, 800.0), g), 0.2)
+    wind = s.wind * (1 - calm) + inner * calm
+    return s.cmod(wind) * s.waves(0.5), wind.mean(axis=(-2, -1))
+
+
+def _front_distance(s, j):
+    """Signed distance (m) to a gently bent line crossing the imagette (class uniforms j..j+2)."""
+    g = s.g
+    normal = np.radians(s.uniform(j, 0, 360))
+    bend = s.uniform(j + 2, 0, 0.12) * g.extent * _field(s.z[:, 1], _lowpass(g, 6000.0), g)
+    return g.x * np.cos(normal) + g.y * np.sin(normal) - s.uniform(j + 1, -0.25, 0.25) * g.extent + bend
+
+
+def _render_atmospheric_front(s):
+    """Two air masses: the wind changes by a factor 1.5-2.5 (and turns) across a 100 m-1 km wide front."""
+    side = _sigmoid(4 * _front_distance(s, 0) / s.log_uniform(3, 100, 1000))
+    other = np.clip(s.wind * s.uniform(4, 1.5, 2.5) ** s.sign(5), 1.5, 25)
+    wind = s.wind + (other - s.wind) * side
+    wind_dir = s.wind_dir + s.uniform(6, -40, 40) * side
+    return s.cmod(wind, wind_dir) * s.waves(0.6), wind.mean(axis=(-2, -1))
+
+
+def _render_oceanic_front(s):
+    """A current or temperature front: sides 0.5-2 dB apart and a thin bright or dark line along it."""
+    dist = _front_distance(s, 0)
+    step = s.sign(3) * s.uniform(4, 0.5, 2.0) * (_sigmoid(4 * dist / s.log_uniform(5, 100, 400)) - 0.5)
+    line = s.sign(6) * s.uniform(7, 1.5, 4.0) * _line(dist, s.log_uniform(8, 50, 300), s.g.spacing)
+    return s.ocean() * 10 ** ((step + line) / 10), s.wind
+
+
+FIELDS_USED = (1, 2, 2, 3, 3, 3, 1, 3, 2, 2)   # white-noise fields each renderer reads (z[:, 0..])
+RENDERERS = [_render_waves, _render_streaks, _render_cells, _render_rain, _render_slicks, _render_sea_ice,
+             _render_icebergs, _render_low_wind, _render_atmospheric_front, _render_oceanic_front]
+
+
+# ------------------------------------------------------------------------------------------------ generate
+def _draw_uniforms(seed, first, n):
+    """One generator per imagette, seeded by (seed, index), and its condition uniforms: they are drawn first."""
+    rngs = [np.random.default_rng([seed, first + j]) for j in range(n)]
+    return rngs, np.stack([r.random(len(_CONDITIONS) + _CLASS_UNIFORMS) for r in rngs]).reshape(n, -1)
+
+
+def _draw_noise(rngs, class_idx, size, looks, with_speckle):
+    """Then each imagette's white-noise fields (only as many as its class uses) and its speckle. The loop only
+    fills buffers, a few calls per imagette; all the work on them is vectorised."""
+    n = len(rngs)
+    noise = np.zeros((n, max(FIELDS_USED), size, size // 2 + 1, 2), np.float32)
+    gamma = np.empty((n, size, size), np.float32) if with_speckle else None
+    for j, rng in enumerate(rngs):
+        rng.standard_normal(dtype=np.float32, out=noise[j, :FIELDS_USED[class_idx[j]]])
+        if with_speckle:
+            rng.standard_gamma(looks, dtype=np.float32, out=gamma[j])
+    return noise, (gamma / np.float32(looks) if with_speckle else None)
+
+
+def _check_arguments(start, count, image_size, pixel_spacing, seed, class_prior, force_class):
+    for name, value, lo in (("start", start, 0), ("count", count, 0), ("seed", seed, 0), ("image_size", image_size, 8)):
+        if not isinstance(value, (int, np.integer)) or value < lo:
+            raise ValueError(f"synthetic.generate: {name} must be an integer >= {lo}, got {value!r}")
+    if not 0.5 <= float(pixel_spacing) <= 5000:
+        raise ValueError(f"synthetic.generate: pixel_spacing must be in [0.5, 5000] m, got {pixel_spacing!r}")
+    prior = np.asarray(ARCHIVE_PRIOR if class_prior is None else class_prior, dtype=np.float64)
+    if prior.shape != (10,) or not np.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
+        raise ValueError(f"synthetic.generate: class_prior must be 10 non-negative numbers with a positive sum, "
+                         f"got {class_prior!r}")
+    if force_class is not None and force_class not in range(10):
+        raise ValueError(f"synthetic.generate: force_class must be a class index 0..9, got {force_class!r}")
+    return prior
+
+
+def generate(start, count, *, image_size, pixel_spacing, seed, class_prior=None, balanced_conditions=False,
+             balanced_classes=False, force_class=None, with_speckle=True):
+    """Imagettes start..start+count-1 of the synthetic archive `seed`: (images float32 [count, H, W] in dB,
+    meta dict of numpy arrays, see the module docstring). class_prior: 10 weights (default ARCHIVE_PRIOR);
+    balanced_classes: cycle through the classes of non-zero prior by index instead (exactly balanced sets);
+    balanced_conditions: wind uniform 1-20 m/s and Hs uniform 0.5-10 m (within each class's physics)."""
+    prior = _check_arguments(start, count, image_size, pixel_spacing, seed, class_prior, force_class)
+    g = _Grid(image_size, float(pixel_spacing))
+    looks = looks_for_spacing(pixel_spacing)
+    images = np.empty((count, image_size, image_size), np.float32)
+    parts = []
+    chunk = max(1, CHUNK_PIXELS // image_size ** 2)
+    for c0 in range(0, count, chunk):   # chunks bound memory only: imagette i depends on (seed, i) alone
+        n = min(chunk, count - c0)
+        rngs, u = _draw_uniforms(seed, start + c0, n)
+        class_idx = _draw_classes(u[:, _U["class"]], start + c0, prior, balanced_classes, force_class)
+        z, gamma = _draw_noise(rngs, class_idx, image_size, looks, with_speckle)
+        cond = _draw_conditions(u, class_idx, balanced_conditions)
+        sigma0 = np.empty((n, image_size, image_size), np.float32)
+        for k in np.unique(class_idx):   # a loop over at most 10 classes
+            idx = np.flatnonzero(class_idx == k)
+            sigma0[idx], wind = RENDERERS[k](_Scene(cond, idx, u, z[idx, :FIELDS_USED[k]], g))
+            cond["wind"][idx] = np.ravel(wind)
+        intensity = sigma0 + 10 ** (cond["nesz"][:, None, None] / 10)
+        images[c0:c0 + n] = 10 * np.log10(intensity * gamma if with_speckle else intensity)
+        parts.append(cond)
+    if not parts:   # count == 0: empty columns of the right types
+        parts.append(_draw_conditions(np.zeros((0, len(_CONDITIONS) + _CLASS_UNIFORMS)), np.zeros(0, np.int16), False))
+    return images, {k: np.concatenate([p[k] for p in parts]) for k in META_KEYS}
