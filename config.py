@@ -321,3 +321,18 @@ def show(cfg, sections=None):
 
 def as_json(cfg):
     return json.loads(json.dumps(cfg))
+
+
+def markdown_table():
+    """Every key with its default and allowed values, as Markdown (the README's config reference)."""
+    lines = []
+    for section, keys in SCHEMA.items():
+        lines += [f"\n**{section}**\n", "| key | default | allowed | meaning |", "|---|---|---|---|"]
+        for name, key in keys.items():
+            default = json.dumps(key.default)
+            lines.append(f"| `{section}.{name}` | `{default}` | {key.allowed()} | {key.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -38,7 +38,6 @@ import config
 import shards
 import synthetic
 
-SPLIT_FRACTIONS = (0.80, 0.05, 0.15)
 EVAL_SEED_OFFSETS = {"archive": 0, "tengeop": 1_000_003, "regression": 2_000_029}  # disjoint synthetic seeds
 
 
@@ -53,21 +52,6 @@ def synthetic_plan(d):
         # Wind and Hs labels are only meaningful over open ocean: waves, streaks and cells.
         "regression": (d["regression_samples"], [0.5, 0.3, 0.2] + [0.0] * 7, {"balanced_conditions": True}),
     }
-
-
-def split_column(count, class_idx, seed):
-    """Stratified 80/5/15 split: inside every class, a seeded permutation is cut at the fractions."""
-    rng = np.random.default_rng(seed)
-    split = np.empty(count, dtype="<U5")
-    for c in np.unique(class_idx):  # a loop over at most 10 classes
-        members = np.flatnonzero(class_idx == c)
-        members = members[rng.permutation(len(members))]
-        n_train = int(round(SPLIT_FRACTIONS[0] * len(members)))
-        n_val = int(round(SPLIT_FRACTIONS[1] * len(members)))
-        split[members[:n_train]] = "train"
-        split[members[n_train:n_train + n_val]] = "val"
-        split[members[n_train + n_val:]] = "test"
-    return split
 
 
 def synthetic_shard_job(job):
@@ -96,19 +80,19 @@ def prepare_synthetic(cfg):
                 for k in range(num_shards) if not writer.is_complete(k)]
         run_jobs(synthetic_shard_job, jobs, d["workers"], total=sum(j[3] for j in jobs), desc=name)
         if name != "archive":
-            add_split_column(writer, num_shards, seed)
+            add_split_column(writer, num_shards, seed, d["split_fractions"])
         manifest = writer.finalize(num_shards, extra={"source": "synthetic", "name": name})
         finish_dataset(cfg, folder, manifest)
 
 
-def add_split_column(writer, num_shards, seed):
+def add_split_column(writer, num_shards, seed, fractions):
     """Evaluation sets get a stratified split; it needs every class_idx, so it is added once all shards exist."""
     metas = []
     for k in range(num_shards):
         with np.load(writer.paths(k)[1]) as z:
             metas.append({n: z[n] for n in z.files})
     class_idx = np.concatenate([m["class_idx"] for m in metas])
-    split = split_column(len(class_idx), class_idx, seed)
+    split = shards.stratified_split(class_idx, seed, fractions)
     offset = 0
     for k, m in enumerate(metas):
         n = len(m["class_idx"])

@@ -56,6 +56,8 @@ import numpy as np
 import scipy.sparse as sp
 import tifffile
 
+import shards
+
 CLASS_NAMES = {"F": "Pure Ocean Waves", "G": "Wind Streaks", "H": "Micro Convective Cells", "I": "Rain Cells",
                "J": "Biological Slicks", "K": "Sea Ice", "L": "Iceberg", "M": "Low Wind Area",
                "N": "Atmospheric Front", "O": "Oceanic Front"}
@@ -591,18 +593,6 @@ def hash_split(item_id, seed, fractions):
     return "train" if h < fractions[0] else "val" if h < fractions[0] + fractions[1] else "test"
 
 
-def stratified_split(items, seed, fractions):
-    """Seeded split within each class: round(n f_train) train, round(n f_val) val, the rest test."""
-    rng = np.random.default_rng(seed)
-    classes = np.array([it["class_idx"] for it in items])
-    for k in np.unique(classes):
-        members = rng.permutation(np.flatnonzero(classes == k))
-        n_train = int(round(len(members) * fractions[0]))
-        n_val = min(int(round(len(members) * fractions[1])), len(members) - n_train)
-        for rank, i in enumerate(members):
-            items[i]["split"] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
-
-
 def _list_safe(folder):
     items = []
     for d, subdirs, files in os.walk(folder):
@@ -662,7 +652,9 @@ def _list_tengeop(folder, cfg):
                      "lat": b if lon_first else a, "lon": a if lon_first else b, "class_idx": letters.index(letter),
                      "class_name": classes[letter]} for p, letter, beam, when, a, b in rows),
                    key=lambda it: (it["class_idx"], it["id"]))
-    stratified_split(items, cfg["seed"], _fractions(cfg))
+    split = shards.stratified_split([it["class_idx"] for it in items], cfg["seed"], _fractions(cfg))
+    for it, s in zip(items, split):
+        it["split"] = str(s)
     print(f"TenGeoP: {len(items)} images, coordinates '{'lon lat' if lon_first else 'lat lon'}'; per class "
           f"(train/val/test):")
     for k, letter in enumerate(letters):

@@ -63,6 +63,21 @@ def standard_meta(count, **columns):
     return meta
 
 
+def stratified_split(class_idx, seed, fractions=(0.8, 0.05, 0.15)):
+    """The split column of a labelled set: inside every class a seeded permutation is cut at the train/val
+    fractions (rounded), the rest is test. Returns a str array of 'train'/'val'/'test'."""
+    class_idx = np.asarray(class_idx)
+    rng = np.random.default_rng(seed)
+    split = np.full(len(class_idx), "test", dtype="<U5")
+    for c in np.unique(class_idx):  # a loop over classes, not samples
+        members = rng.permutation(np.flatnonzero(class_idx == c))
+        n_train = int(round(len(members) * fractions[0]))
+        n_val = min(int(round(len(members) * fractions[1])), len(members) - n_train)
+        split[members[:n_train]] = "train"
+        split[members[n_train:n_train + n_val]] = "val"
+    return split
+
+
 class ShardWriter:
     """Writes a dataset folder shard by shard; safe to interrupt and rerun."""
 
