@@ -221,13 +221,20 @@ SCHEMA = {
         "batch_size": _k(256, int, "images per forward pass", lo=1),
         "baselines": _k(True, bool, "also evaluate a random-init backbone and physics features"),
         "seed": _k(0, int, "seed of the random-init baseline", lo=0),
+        "split_seed": _k(0, int, "seed of the stratified split made for samples with an empty split column", lo=0),
+        "refit": _k("train", str, "probes after choosing λ on val: keep the train fit, or refit on train+val",
+                    choices=["train", "train+val"]),
+        "device": _k("auto", str, "auto: cuda when available, else cpu", choices=["auto", "cpu", "cuda"]),
     },
     # ---------------------------------------------------------------- study.py
     "study": {
         "out": _k("runs/study", str, "study folder"),
         "seeds": _k([0, 1, 2], "ints", "seeds per variant", lo=0),
         "variants": _k(["none", "static", "dynamic", "rho0.1", "rho0.5", "eta-1", "eta1"], "strs",
-                       "variants to run (names defined in study.py)"),
+                       "variants to run (defined in study.py)"),
+        "scale": _k("cpu", str, "cpu: the config as it is; gpu: a larger archive and ViT-S/16 (study.py SCALES)",
+                    choices=["cpu", "gpu"]),
+        "rare_classes": _k(5, int, "report per-class accuracy of the archive's N least frequent classes", lo=0, hi=10),
     },
 }
 

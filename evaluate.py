@@ -1,62 +1,69 @@
-"""Evaluation of frozen features: linear probes, kNN, metrics and a physics-feature baseline.
+"""Evaluation of a pretrained backbone: frozen features, linear probes and kNN, next to two baselines.
 
-Library (torch, CPU or CUDA: every function runs on the device of its inputs):
+Reads   eval.checkpoint       pretrain.py's checkpoint.pt (its teacher backbone; architecture from the config
+                              saved in it), a backbone.pt, or external weights (architecture from model.*).
+                              null: <train.out>/checkpoint.pt, or <train.out>/backbone.pt when there is none
+        eval.classification   prepared dataset with class_idx/class_name (TenGeoP, data/demo/tengeop)
+        eval.regression       prepared dataset with wind and/or hs (OCN-labelled archive, data/demo/regression)
+Writes  eval.out (null: <train.out>/eval):  report.json, report.md (the table, also printed), confusion.png
+        (pretrained linear probe, rows normalised), scatter_wind.png / scatter_hs.png (predicted vs true:
+        pretrained and physics linear probes), config.yaml (the resolved config). report.json is
+        {"checkpoint", "arch", "feature_dim", "results": {model: {"classification": {"linear"|"knn": {accuracy,
+        balanced_accuracy, macro_f1, n, confusion, per_class: {name: recall}}}, "wind"|"hs": {"linear"|"knn":
+        {rmse, bias, r2, n}}}}} with model in pretrained, random_init, physics; absent tasks are left out.
 
-    probe = fit_logistic(Xtr, ytr, Xva, yva, n_classes)      # multinomial logistic regression, λ picked on val
-    probe.predict(Xte), probe.predict_proba(Xte), probe.lam, probe.val_accuracy
-    probe = fit_ridge(Xtr, ytr, Xva, yva)                    # ridge regression, λ picked on val per output
-    probe.predict(Xte), probe.lam
-    probs = knn_classify(Xtr, ytr, Xq, n_classes)            # cosine kNN, k=20, T=0.07 (DINO protocol)
-    yhat = knn_regress(Xtr, ytr, Xq)
-    classification_metrics(y, yhat, n_classes) -> accuracy, balanced_accuracy, macro_f1, confusion
-    regression_metrics(y, yhat) -> rmse, bias, r2, n
-    classification_probes(...) / regression_probes(...)     # all probes on one split, metrics in a dict
-    physics_features(images_db, pixel_spacing, incidence)   # [n, 12] hand-crafted baseline, PHYSICS_FEATURES
-    stratified_split(labels, (0.8, 0.05, 0.15), generator)  # when a dataset has no split column
+Commands (exit codes: 0 done, 1 missing or bad input, one line; 2 bad config)
+    python evaluate.py configs/demo.yaml                 # CPU, runs/demo/checkpoint.pt (~15 s on 2 cores)
+    OMP_NUM_THREADS=1 python evaluate.py configs/demo.yaml   # faster when other jobs share a small CPU
+    python evaluate.py configs/oceansar1.yaml eval.batch_size=1024        # GPU when present (bf16 autocast)
+    python evaluate.py configs/resnet50.yaml checkpoint=oceansar1_resnet50.pth out=runs/release/eval
+The last one evaluates external weights: a torchvision-layout ResNet50 state dict (the OceanSAR-1 release:
+1-channel conv1, no fc) or a DINO/timm ViT checkpoint (student/teacher dicts; `module.`, `backbone.`,
+`teacher.` prefixes and head keys are handled; an RGB patch embedding or conv1 is summed into one channel).
+The model.* section must name that architecture; weights that do not fit it stop with the missing and
+unexpected keys. A ViT is built at the grid of the stored position embedding and resamples it to the image.
 
-Conventions
-- Unknown labels never enter a fit or a metric: class labels < 0 and NaN regression targets are dropped
-  (a multi-output regression row is dropped if any of its targets is NaN).
-- Features are standardised with the mean/std of the *training* split (constant features get std 1).
-- Logistic: minimise mean cross-entropy + (λ/2)·‖W‖² (bias not penalised) with full-batch L-BFGS, a
-  strong-Wolfe line search and a ridge-Hessian preconditioner (see _lbfgs_fit), in float32. The grid (default
-  10^-6 … 10^0, 13 values) is swept from strong to weak regularisation, each fit warm-started from the previous
-  one (strongly regularised problems converge in a few iterations and give a good start for the next). A fit
-  stops when the largest preconditioned gradient entry is below `tol` or after `max_iter` iterations.
-  λ = argmax validation accuracy, ties broken by the lower validation cross-entropy. refit="train" (default)
-  keeps the train fit, so validation only selects and test data is never seen; refit="train+val" refits on
-  both with the chosen λ (same train statistics).
-- Ridge: minimise (1/2n)·‖Y − XW − b‖² + (λ/2)·‖W‖², i.e. W = (XᵀX/n + λI)⁻¹ XᵀY/n on standardised X and
-  centred Y, in float64. One eigendecomposition of XᵀX/n makes every λ of the grid (10^-6 … 10^3, 19
-  values) a cheap diagonal rescaling. Each output picks its own λ (lowest validation MSE, ties to the larger λ),
-  which equals fitting the outputs separately.
-- kNN: features L2-normalised, cosine similarity, the k most similar training samples vote with weight
-  exp(sim/T) (DINO's weighted kNN); regression uses the same weights for a weighted mean. Queries are processed
-  in chunks of at most `max_elems` similarities, so memory stays bounded for any archive size.
-- Metrics: balanced accuracy = mean recall over classes present in y_true; macro-F1 = mean F1 over classes
-  present in y_true or y_pred (an undefined F1 counts 0). bias = mean(pred − true); R² = 1 − SS_res/SS_tot.
+Protocol (docs/METHOD.md). One centre view: the whole imagette, normalised by the dataset's own mean/std.
+Features: ViT CLS token (eval.n_last_blocks > 1: CLS of the last n blocks; eval.avgpool: plus the mean
+patch token), ResNet pooled feature. Models: "pretrained"; with eval.baselines also "random_init" (same
+architecture, seed eval.seed) and "physics" (hand-crafted features), all through the same probes: logistic
+regression and ridge with λ chosen on val, kNN k=20, T=0.07, fitted on train, scored on test. Samples with
+an empty split column get a seeded 80/5/15 split stratified by class (eval.split_seed); a dataset with no
+val sample gives 1/16 of its train split to val. A regression target with no finite label is skipped.
 
-Physics baseline (one row per image; images in dB, [n, 1, H, W]):
-    mean_db      10·log10 of the mean *linear* intensity (σ0 of the scene, not the mean of dB values)
-    std_db       standard deviation of the dB values
-    nv           normalised variance of linear intensity, var(I)/mean(I)² (1 for pure single-look speckle)
-    peak_wl_m    wavelength (m) of the maximum of the image spectrum at wavelengths <= 1600 m: the dominant
-                 wave / short-roll scale (larger scales are covered by the band fractions below)
-    band_*       fraction of the spectral energy (DC excluded) in wavelength bands [a, b) (m): <100 (wind
-                 sea, speckle), 100-200 (short swell), 200-400 (swell), 400-800 (long swell), 800-1600 (wind
-                 streaks, small cells), 1600-4000 (streaks, convective cells), >4000 (rain cells, fronts,
-                 low-wind areas, ice)
-    incidence    incidence angle (deg)
-The spectrum is the periodogram of the dB image after removing its mean and applying a 2-D Hann window (less
-leakage from the image borders); for the peak it is smoothed by a 3×3 box to tame periodogram noise. dB rather
-than linear intensity so that a single bright target (iceberg, ship) does not dominate the spectrum. Pixels are
-square with one spacing for the whole call (shard datasets have one); the FFT runs over chunks of images.
+Reading the table: rows are models; classification columns are test accuracy, balanced accuracy (mean
+recall: what the rare TenGeoP classes weigh) and macro-F1 of the linear probe, then kNN accuracy; wind
+(m/s) and Hs (m) columns give test RMSE of the linear probe / of kNN. A pretrained number only means
+something next to random_init (what the architecture and probe get for free) and physics (what classical
+hand-crafted SAR statistics get). report.json adds per-class recall, confusions, bias, R² and n.
+
+Library (torch, on the device of the inputs; see each docstring): fit_logistic / fit_ridge (λ by validation),
+knn_classify / knn_regress, classification_metrics / regression_metrics, classification_probes /
+regression_probes (train, val, test pairs), physics_features (PHYSICS_FEATURES: mean_db, std_db, normalised
+variance, spectral peak wavelength, energy fractions in wavelength bands, incidence; unknown incidence gets
+the dataset median), extract_features(dataset, rows, {name: backbone}, device, physics=True), load_backbone,
+run_evaluation(cfg), and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", ...},
+which pretrain.py calls every train.eval_every epochs. Unknown labels (class < 0, NaN target) never enter
+a fit or a metric. Balanced accuracy = mean recall over the classes present; bias = mean(pred − true).
 """
 
+import argparse
+import functools
+import json
 import math
+import os
+import sys
+import time
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+import config
+import model as models
+import shards
 
 LOGISTIC_GRID = tuple(10.0 ** e for e in torch.linspace(-6, 0, 13).tolist())
 RIDGE_GRID = tuple(10.0 ** e for e in torch.linspace(-6, 3, 19).tolist())
@@ -105,6 +112,28 @@ def _known_targets(X, y, name, dtype=torch.float32):
     if not keep.any():
         raise ValueError(f"{name}: no sample with a finite regression target")
     return X[keep], y2[keep]
+
+
+def _check_probe_args(name, grid, refit):
+    if refit not in ("train", "train+val") or len(grid) == 0 or min(grid) < 0:
+        raise ValueError(f"{name}: refit must be 'train' or 'train+val' (got {refit!r}) and grid a non-empty "
+                         f"list of λ >= 0 (got {list(grid)})")
+
+
+def _single_threaded_when_small(fit, small=1 << 22):
+    """Decorator: a fit on a small CPU matrix (first argument) runs single-threaded. Its ops are too small to
+    split, and OpenMP workers spinning between thousands of tiny ops stall a shared machine (10x slower
+    measured on a busy 2-core CPU). The caller's thread count is restored afterwards."""
+    @functools.wraps(fit)
+    def wrapped(X, *args, **kwargs):
+        before, X_t = torch.get_num_threads(), torch.as_tensor(X)
+        if X_t.device.type == "cpu" and X_t.numel() < small:
+            torch.set_num_threads(1)
+        try:
+            return fit(X, *args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapped
 
 
 def _standardisation(X):
@@ -167,12 +196,16 @@ def _lbfgs_fit(Xr, onehot, W, b, lam, curvature, max_iter, tol):
     return evals
 
 
+@_single_threaded_when_small
 def fit_logistic(Xtr, ytr, Xva, yva, n_classes, grid=LOGISTIC_GRID, refit="train", max_iter=200, tol=1e-5):
-    """Multinomial logistic regression with λ chosen on the validation split (see module docstring)."""
-    if refit not in ("train", "train+val"):
-        raise ValueError(f"fit_logistic: refit must be 'train' or 'train+val', got {refit!r}")
-    if len(grid) == 0 or min(grid) < 0:
-        raise ValueError("fit_logistic: grid must be a non-empty list of λ >= 0")
+    """Multinomial logistic regression, λ = argmax val accuracy (ties: lower val cross-entropy).
+
+    Minimises mean CE + (λ/2)·‖W‖² (bias free) on train-standardised features with _lbfgs_fit; the grid is
+    swept from strong to weak regularisation, each fit warm-started from the previous one (strong λ converge
+    in a few iterations and give a good start). A fit stops when the largest preconditioned gradient entry is
+    below `tol` or after `max_iter` iterations. refit="train" keeps the train fit (val only selects);
+    "train+val" refits on both with the chosen λ and the train statistics."""
+    _check_probe_args("fit_logistic", grid, refit)
     Xtr, ytr = _known_classes(Xtr, ytr, n_classes, "logistic train")
     Xva, yva = _known_classes(Xva, yva, n_classes, "logistic val")
     if Xva.shape[1] != Xtr.shape[1]:
@@ -225,12 +258,13 @@ def _ridge_eig(Xs, Yc):
     return evals.clamp_min(0), V, V.T @ (Xs.T @ Yc / n)
 
 
+@_single_threaded_when_small
 def fit_ridge(Xtr, ytr, Xva, yva, grid=RIDGE_GRID, refit="train"):
-    """Ridge regression, closed form, λ chosen on the validation split per output (see module docstring)."""
-    if refit not in ("train", "train+val"):
-        raise ValueError(f"fit_ridge: refit must be 'train' or 'train+val', got {refit!r}")
-    if len(grid) == 0 or min(grid) < 0:
-        raise ValueError("fit_ridge: grid must be a non-empty list of λ >= 0")
+    """Ridge regression per output, λ = argmin val MSE (ties: the larger λ), equal to separate fits.
+
+    Minimises (1/2n)·‖Y − XW − b‖² + (λ/2)·‖W‖², i.e. W = (XᵀX/n + λI)⁻¹XᵀY/n on train-standardised X and
+    centred Y, in float64; one eigendecomposition of XᵀX/n makes every λ of the grid a diagonal rescaling."""
+    _check_probe_args("fit_ridge", grid, refit)
     squeeze = torch.as_tensor(ytr).ndim == 1
     Xtr, Ytr = _known_targets(Xtr, ytr, "ridge train", torch.float64)
     Xva, Yva = _known_targets(Xva, yva, "ridge val", torch.float64)
@@ -242,7 +276,7 @@ def fit_ridge(Xtr, ytr, Xva, yva, grid=RIDGE_GRID, refit="train"):
     Xtr_s, Xva_s = (Xtr - mean) / std, (Xva - mean) / std
     y_mean = Ytr.mean(0)
     evals, V, P = _ridge_eig(Xtr_s, Ytr - y_mean)
-    grid_t = torch.tensor(sorted((float(g) for g in grid), reverse=True), dtype=torch.float64, device=Xtr.device)
+    grid_t = torch.tensor(sorted(map(float, grid), reverse=True), dtype=torch.float64, device=Xtr.device)
     coef = P[None] / (evals[None, :, None] + grid_t[:, None, None])        # [G, d, m] in the eigenbasis
     pred = torch.einsum("nd,gdm->gnm", Xva_s @ V, coef) + y_mean           # [G, n_val, m]
     val_mse = (pred - Yva[None]).pow(2).mean(1)                            # [G, m]
@@ -258,6 +292,7 @@ def fit_ridge(Xtr, ytr, Xva, yva, grid=RIDGE_GRID, refit="train"):
 
 # -------------------------------------------------------------------------------------------------------- kNN
 
+@_single_threaded_when_small
 def knn_neighbours(train_x, query_x, k=20, temperature=0.07, max_elems=1 << 25):
     """Indices [nq, k] of the k most cosine-similar training rows and their vote weights exp(sim/T).
 
@@ -355,36 +390,14 @@ def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, *
 
 
 def regression_probes(train, val, test, k=20, temperature=0.07, **ridge_kw):
-    """Ridge probe and kNN regression on (X, y) pairs with a 1-D target; {"linear": ..., "knn": ...}."""
+    """Ridge probe and kNN regression on (X, y) pairs with a 1-D target: ({"linear", "knn"}, linear pred)."""
     probe = fit_ridge(*train, *val, **ridge_kw)
     X, y = test
-    linear = regression_metrics(y, probe.predict(X))
+    pred = probe.predict(X)
+    linear = regression_metrics(y, pred)
     linear["lam"] = probe.lam.item()
     knn = regression_metrics(y, knn_regress(*train, X, k, temperature))
-    return {"linear": linear, "knn": knn}
-
-
-# ------------------------------------------------------------------------------------------------------ splits
-
-def stratified_split(labels, fractions=(0.8, 0.05, 0.15), generator=None):
-    """Index tensors (one per fraction) of a random split that keeps every class's proportions.
-
-    Within each class (unknown labels form their own stratum) the first round(cumsum(fractions)·count) samples
-    of a random order go to the successive parts; fractions must sum to 1."""
-    labels = torch.as_tensor(labels).long().reshape(-1).cpu()
-    if abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"stratified_split: fractions must be >= 0 and sum to 1, got {fractions}")
-    labels = labels - labels.min()
-    perm = torch.randperm(labels.numel(), generator=generator)
-    order = perm[torch.sort(labels[perm], stable=True).indices]         # grouped by class, random inside
-    counts = torch.bincount(labels)
-    starts = torch.cumsum(counts, 0) - counts
-    sorted_labels = labels[order]
-    rank = torch.arange(labels.numel()) - starts[sorted_labels]         # position inside its class
-    bounds = torch.tensor([0.0] + list(fractions)).cumsum(0)
-    cuts = torch.round(bounds[:, None] * counts[None].double()).long()  # [parts + 1, classes]
-    part = (rank[:, None] >= cuts[1:-1, sorted_labels].T).sum(1)
-    return [order[part == p].sort().values for p in range(len(fractions))]
+    return {"linear": linear, "knn": knn}, pred
 
 
 # ------------------------------------------------------------------------------------------- physics baseline
@@ -411,12 +424,6 @@ def _spectral_layout(H, W, spacing, device):
     return wavelength, onehot, wavelength > PEAK_MAX_M
 
 
-def _box3(p):
-    """3×3 periodic box smoothing of [n, H, W] (the spectrum is periodic in both frequencies)."""
-    p = p + p.roll(1, 1) + p.roll(-1, 1)
-    return (p + p.roll(1, 2) + p.roll(-1, 2)) / 9
-
-
 def _spectral_features(x_db, layout):
     """Peak wavelength (m) [n] and band energy fractions [n, bands] of a chunk of dB images [n, H, W]."""
     n, H, W = x_db.shape
@@ -428,15 +435,22 @@ def _spectral_features(x_db, layout):
     power = torch.view_as_real(torch.fft.fft2((x_db - mean) * window)).pow(2).sum(-1)     # [n, H, W]
     bands = power.reshape(n, -1) @ band_onehot
     fractions = bands / bands.sum(1, keepdim=True).clamp_min(1e-30)
-    smooth = _box3(power).reshape(n, -1).masked_fill(peak_excluded, -1.0)
+    # 3×3 box smoothing for the peak search, periodic like the spectrum itself
+    smooth = F.avg_pool2d(F.pad(power[:, None], (1, 1, 1, 1), mode="circular"), 3, stride=1)
+    smooth = smooth.reshape(n, -1).masked_fill(peak_excluded, -1.0)
     return wavelength[smooth.argmax(1)], fractions
 
 
 def physics_features(images_db, pixel_spacing, incidence, chunk=256):
     """Hand-crafted features [n, len(PHYSICS_FEATURES)] (float32) from raw dB images [n, 1, H, W].
 
-    pixel_spacing: metres, one number (square pixels, as in a shard dataset); incidence: degrees, a scalar or
-    [n]. Computed in float32 over chunks of `chunk` images (bounds the FFT memory), on the images' device."""
+    mean_db = 10·log10 of the mean linear intensity; std_db; nv = var(I)/mean(I)² (1 for single-look speckle);
+    peak_wl_m = wavelength of the spectral maximum at <= 1600 m; band_* = energy fractions (DC excluded) in
+    wavelength bands: <100 m wind sea and speckle, 100-800 m swell, 800-4000 m wind streaks and convective
+    cells, >4000 m rain cells, fronts, low-wind areas and ice; incidence. The spectrum is the periodogram of
+    the dB image (so one bright target does not dominate) minus its mean under a 2-D Hann window; the peak is
+    searched after a 3×3 smoothing. pixel_spacing: metres, one number (square pixels, as in a shard dataset);
+    incidence: degrees, a scalar or [n]. float32, in chunks of `chunk` images, on the images' device."""
     x = torch.as_tensor(images_db)
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[0] == 0 or min(x.shape[2:]) < 3:
         raise ValueError(f"physics_features: expected dB images [n, 1, H, W], got shape {tuple(x.shape)}")
@@ -458,3 +472,331 @@ def physics_features(images_db, pixel_spacing, incidence, chunk=256):
         rows.append(torch.cat([torch.stack([10 * torch.log10(lin_mean), xc.std((1, 2), unbiased=False), nv, peak],
                                            1), fractions, inc[s:s + chunk, None]], 1))
     return torch.cat(rows)
+
+
+# -------------------------------------------------------------------------------------------------- backbones
+
+class EvalError(RuntimeError):
+    """Missing or unusable input, reported by the CLI as one line (exit code 1)."""
+
+
+def _read_weights(path):
+    """torch.load with weights_only (no pickled code runs); DINO checkpoints' argparse `args` is allowed."""
+    if not os.path.isfile(path):
+        raise EvalError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:                   # unpickling fails with many exception types
+        raise EvalError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(weights, Mapping):
+        raise EvalError(f"{path}: expected a state dict or a checkpoint dict, got {type(weights).__name__}")
+    return weights
+
+
+def _stored_grid(weights):
+    """Side of the patch grid of the first `pos_embed` in a (nested) state dict, or None."""
+    for key, value in weights.items():
+        found = _stored_grid(value) if isinstance(value, Mapping) else None
+        if torch.is_tensor(value) and key.endswith("pos_embed") and value.ndim == 3:
+            found = math.isqrt(value.shape[1] - 1)
+        if found:
+            return found
+    return None
+
+
+def load_backbone(path, cfg):
+    """(backbone, (arch, patch_size, img_size)) holding the teacher / backbone weights stored at `path`."""
+    return backbone_from_weights(_read_weights(path), cfg, path)
+
+
+def backbone_from_weights(weights, cfg, source="weights"):
+    """A backbone built for and loaded with a state dict or checkpoint dict, and its (arch, patch, img_size).
+
+    The architecture comes from the config saved in a pretrain.py checkpoint, else from cfg["model"]; a ViT
+    is built at the grid of the stored position embedding, so the weights load unresampled."""
+    saved = weights.get("config")
+    if isinstance(saved, Mapping) and "model" in saved:
+        arch, patch, img = saved["model"]["arch"], saved["model"]["patch_size"], saved["train"]["global_crops_size"]
+    else:
+        arch, patch, grid = cfg["model"]["arch"], cfg["model"]["patch_size"], _stored_grid(weights)
+        img = grid * patch if grid else cfg["train"]["global_crops_size"]
+    backbone = models.build_backbone(arch, patch, img)
+    try:
+        models.load_backbone_weights(backbone, weights)
+    except ValueError as e:
+        raise EvalError(f"{source} ({arch}): {e}") from None
+    return backbone, (arch, patch, img)
+
+
+# --------------------------------------------------------------------------------------------------- features
+
+def extract_features(dataset, rows, nets, device, batch_size=256, n_last_blocks=1, avgpool=False,
+                     physics=False, images=None, progress=True):
+    """{name: float32 [len(rows), d] on device} for each backbone of `nets`, plus "physics" if asked.
+
+    One pass: each batch is read once as raw dB (or taken from `images`, raw dB aligned with rows), normalised
+    with the dataset's mean/std for the networks and kept in dB for the physics features."""
+    device, rows = torch.device(device), np.asarray(rows, dtype=np.int64)
+    if physics:                              # unknown incidence: the dataset median (a neutral value)
+        inc = np.asarray(dataset.meta["incidence"], dtype=np.float32)
+        known = np.isfinite(inc)
+        inc = torch.from_numpy(np.where(known, inc, np.median(inc[known]) if known.any() else 0.0)[rows])
+    out = {name: [] for name in [*nets, *(["physics"] if physics else [])]}
+    for net in nets.values():
+        net.eval()
+    name = os.path.basename(os.path.normpath(dataset.folder))
+    with torch.inference_mode(), tqdm(total=len(rows), unit="img", desc=f"features {name}", mininterval=1.0,
+                                      disable=not progress) as bar:
+        for s in range(0, len(rows), batch_size):
+            raw = images[s:s + batch_size] if images is not None else \
+                torch.from_numpy(dataset.read_batch(rows[s:s + batch_size], raw=True))
+            raw = raw.to(device, non_blocking=True).float()
+            x = (raw - dataset.mean) / dataset.std
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                for key, net in nets.items():
+                    out[key].append(net.get_features(x, n_last_blocks=n_last_blocks, avgpool=avgpool).float())
+            if physics:
+                out["physics"].append(physics_features(raw, dataset.pixel_spacing, inc[s:s + batch_size]))
+            bar.update(len(raw))
+    return {key: torch.cat(parts) for key, parts in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+
+def dataset_splits(meta, seed):
+    """The split column; empty entries are dealt train/val/test (seeded 80/5/15, stratified by class) and
+    a dataset without any val sample gives 1/16 of its train split (seeded, stratified) to val."""
+    split, cls = np.asarray(meta["split"]).astype("U16"), np.asarray(meta["class_idx"])
+    empty = np.flatnonzero(split == "")
+    if empty.size:
+        split[empty] = shards.stratified_split(cls[empty], seed)
+    if not (split == "val").any():
+        train = np.flatnonzero(split == "train")
+        split[train[shards.stratified_split(cls[train], seed + 1, (15 / 16, 1 / 16, 0.0)) == "val"]] = "val"
+    return split
+
+
+def class_names(meta, n_classes):
+    """Name of each class index (its first sample's class_name; 'class_<i>' when unnamed or absent)."""
+    cls, names = np.asarray(meta["class_idx"]), np.asarray(meta["class_name"])
+    first = [np.flatnonzero(cls == c)[:1] for c in range(n_classes)]          # a loop over classes
+    return [str(names[f[0]]) if f.size and names[f[0]] else f"class_{c}" for c, f in enumerate(first)]
+
+
+def _class_entry(metrics, names):
+    """A probe's classification metrics for report.json: confusion as lists, recall per class name."""
+    conf = metrics["confusion"].cpu()
+    support = conf.sum(1)
+    recall = conf.diagonal().double() / support.clamp_min(1)
+    return {**{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}, "confusion": conf.tolist(),
+            "per_class": {names[c]: recall[c].item() for c in range(len(names)) if support[c] > 0}}
+
+
+def _classification(report, feats, ds, rows, masks, e):
+    cls = torch.from_numpy(ds.meta["class_idx"][rows].astype(np.int64))
+    if not all(((cls >= 0) & m).any() for m in masks):
+        raise EvalError(f"{ds.folder}: classification needs samples with class_idx >= 0 in train, val and test")
+    names = class_names(ds.meta, int(cls.max()) + 1)
+    for name, X in feats.items():
+        y = cls.to(X.device)
+        res = classification_probes(*[(X[m], y[m]) for m in masks], len(names), e["knn_k"], e["knn_temperature"],
+                                    refit=e["refit"])
+        report["results"][name]["classification"] = {p: _class_entry(res[p], names) for p in ("linear", "knn")}
+        print(f"classification  {name:<12s} linear acc {res['linear']['accuracy']:.3f} "
+              f"(λ={res['linear']['lam']:.0e})  kNN acc {res['knn']['accuracy']:.3f}  n_test={res['linear']['n']}")
+    return names
+
+
+def _regression(report, feats, ds, rows, masks, e, scatter):
+    for target in ("wind", "hs"):
+        y_all = torch.from_numpy(ds.meta[target][rows].astype(np.float64))
+        counts = [int((torch.isfinite(y_all) & m).sum()) for m in masks]
+        if min(counts) == 0:
+            print(f"{target}: skipped, finite labels in train/val/test of {ds.folder}: {counts}")
+            continue
+        for name, X in feats.items():
+            y = y_all.to(X.device)
+            res, pred = regression_probes(*[(X[m], y[m]) for m in masks], e["knn_k"], e["knn_temperature"],
+                                          refit=e["refit"])
+            report["results"][name][target] = {p: {k: res[p][k] for k in ("rmse", "bias", "r2", "n")}
+                                               for p in ("linear", "knn")}
+            scatter.setdefault(target, {})[name] = (y[masks[2]].cpu(), pred.cpu())
+            print(f"{target:<15s} {name:<12s} linear RMSE {res['linear']['rmse']:.3f} "
+                  f"(λ={res['linear']['lam']:.0e})  kNN RMSE {res['knn']['rmse']:.3f}  n_test={res['linear']['n']}")
+
+
+def run_evaluation(cfg):
+    """Evaluate eval.checkpoint on the configured tasks and write the report (module docstring); returns it."""
+    e, run_out, t0 = cfg["eval"], cfg["train"]["out"], time.perf_counter()
+    if e["device"] == "cuda" and not torch.cuda.is_available():
+        raise EvalError("eval.device=cuda but no CUDA device is available")
+    device = torch.device("cuda" if e["device"] != "cpu" and torch.cuda.is_available() else "cpu")
+    ckpt = e["checkpoint"] or os.path.join(run_out, "checkpoint.pt")
+    if not e["checkpoint"] and not os.path.isfile(ckpt) and os.path.isfile(os.path.join(run_out, "backbone.pt")):
+        ckpt = os.path.join(run_out, "backbone.pt")
+    tasks = {key: e[key] for key in ("classification", "regression") if e[key]}
+    if not tasks:
+        raise EvalError("nothing to evaluate: eval.classification and eval.regression are both empty")
+    for key, path in tasks.items():          # every input is checked before any work
+        if not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise EvalError(f"eval.{key}={path} is not a prepared dataset (no manifest.json)")
+    backbone, spec = load_backbone(ckpt, cfg)
+    nets = {"pretrained": backbone.to(device)}
+    if e["baselines"]:
+        nets["random_init"] = models.build_backbone(*spec, generator=torch.Generator().manual_seed(e["seed"]))
+        nets["random_init"].to(device)
+    print(f"evaluating {ckpt}: {spec[0]} (patch {spec[1]}, built at {spec[2]} px) on {device}")
+    report = {"checkpoint": ckpt, "arch": spec[0],
+              "feature_dim": backbone.feature_dim(e["n_last_blocks"], e["avgpool"]),
+              "results": {name: {} for name in [*nets, *(["physics"] if e["baselines"] else [])]}}
+    cache, names, scatter = {}, None, {}
+    for key, path in tasks.items():
+        if path not in cache:                # one feature pass per dataset, shared by its tasks
+            ds = shards.ShardDataset(path)
+            split, m = dataset_splits(ds.meta, e["split_seed"]), ds.meta
+            labelled = (m["class_idx"] >= 0) | np.isfinite(m["wind"]) | np.isfinite(m["hs"])
+            rows = np.flatnonzero(labelled & np.isin(split, ("train", "val", "test")))
+            masks = [torch.from_numpy(split[rows] == s) for s in ("train", "val", "test")]
+            cache[path] = ds, rows, masks, extract_features(ds, rows, nets, device, e["batch_size"],
+                                                            e["n_last_blocks"], e["avgpool"], physics=e["baselines"])
+        ds, rows, masks, feats = cache[path]
+        if key == "classification":
+            names = _classification(report, feats, ds, rows, masks, e)
+        else:
+            _regression(report, feats, ds, rows, masks, e, scatter)
+    paths = write_report(report, cfg, e["out"] or os.path.join(run_out, "eval"), names, scatter)
+    print(f"evaluated in {time.perf_counter() - t0:.1f} s; wrote\n  " + "\n  ".join(paths))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------- report
+
+def markdown_table(report):
+    """Rows = models; linear accuracy, balanced accuracy, macro-F1, kNN accuracy, wind and Hs RMSE."""
+    def num(r, task, probe, key, fmt):
+        value = r.get(task, {}).get(probe, {}).get(key)
+        return "–" if value is None else fmt.format(value)
+
+    lines = ["| model | linear acc | linear bal. acc | linear macro-F1 | kNN acc | wind RMSE m/s (linear / kNN) "
+             "| Hs RMSE m (linear / kNN) |", "|---|---|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        cells = [num(r, "classification", "linear", k, "{:.3f}") for k in ("accuracy", "balanced_accuracy", "macro_f1")]
+        cells.append(num(r, "classification", "knn", "accuracy", "{:.3f}"))
+        cells += [f"{num(r, t, 'linear', 'rmse', '{:.2f}')} / {num(r, t, 'knn', 'rmse', '{:.2f}')}"
+                  for t in ("wind", "hs")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_confusion(plt, confusion, names, title):
+    """Row-normalised confusion matrix (rows: true class) with class names and the fraction in each cell."""
+    c = np.asarray(confusion, dtype=np.float64)
+    c = c / np.maximum(c.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(2 + 0.7 * len(names), 1.5 + 0.6 * len(names)))
+    fig.colorbar(ax.imshow(c, cmap="Blues", vmin=0, vmax=1), ax=ax, fraction=0.046)
+    for i, j in zip(*np.nonzero(c >= 0.005)):
+        ax.text(j, i, f"{c[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if c[i, j] > 0.5 else "k")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return fig
+
+
+def plot_scatter(plt, series, label):
+    """Predicted vs true (test split) for each name -> (true, pred) series, with the 1:1 line."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ends = []
+    for (name, (y, p)), colour in zip(series.items(), ("tab:blue", "tab:orange")):
+        y, p = y[torch.isfinite(y)], p[torch.isfinite(y)]
+        ax.scatter(y, p, s=6, alpha=0.5, color=colour, label=f"{name} (linear)")
+        ends += [y.min().item(), p.min().item(), y.max().item(), p.max().item()]
+    ax.plot([min(ends), max(ends)], [min(ends), max(ends)], color="k", lw=1)
+    ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}", title=f"{label}: linear probe, test split")
+    ax.legend()
+    return fig
+
+
+def write_report(report, cfg, out, names, scatter):
+    """report.json, report.md (printed too), the plots and config.yaml into `out`; returns the paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, "report.json"), os.path.join(out, "report.md")]
+    with open(paths[0], "w") as f:
+        json.dump(report, f, indent=1)
+    table = markdown_table(report)
+    print(table)
+    with open(paths[1], "w") as f:
+        f.write(f"Evaluation of `{report['checkpoint']}` ({report['arch']}, {report['feature_dim']} features)\n\n"
+                f"{table}\n")
+    figures = {}
+    linear = report["results"]["pretrained"].get("classification", {}).get("linear")
+    if linear:
+        figures["confusion.png"] = plot_confusion(plt, linear["confusion"], names,
+                                                  f"pretrained linear probe: accuracy {linear['accuracy']:.3f}")
+    for target, label in (("wind", "wind speed (m/s)"), ("hs", "Hs (m)")):
+        series = {k: v for k, v in scatter.get(target, {}).items() if k in ("pretrained", "physics")}
+        if series:
+            figures[f"scatter_{target}.png"] = plot_scatter(plt, series, label)
+    for name, fig in figures.items():
+        paths.append(os.path.join(out, name))
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths + [config.save(cfg, out)]
+
+
+# ------------------------------------------------------------------------------------------ in-training kNN
+
+_KNN_CACHE = {}             # absolute dataset folder -> (dataset, rows, n_bank, labels, raw images or None)
+KNN_MIN_QUERIES = 100       # a val split smaller than this is too noisy: use test when it is larger
+KNN_CACHE_BYTES = 2 << 30   # keep the labelled images in memory (float16 dB) up to this size, else re-read
+
+
+def _knn_data(dataset_dir):
+    key = os.path.abspath(dataset_dir)
+    if key not in _KNN_CACHE:
+        ds = shards.ShardDataset(dataset_dir)
+        split, cls = dataset_splits(ds.meta, 0), ds.meta["class_idx"].astype(np.int64)
+        bank, val, test = (np.flatnonzero((cls >= 0) & (split == s)) for s in ("train", "val", "test"))
+        query = val if len(val) >= KNN_MIN_QUERIES or len(test) <= len(val) else test
+        if not len(bank) or not len(query):
+            raise ValueError(f"{dataset_dir}: kNN needs labelled samples in the train and val (or test) splits")
+        rows, images = np.concatenate([bank, query]), None
+        if rows.size * math.prod(ds.shape) * 2 <= KNN_CACHE_BYTES:
+            images = torch.cat([torch.from_numpy(ds.read_batch(rows[s:s + 1024], raw=True)).half()
+                                for s in range(0, len(rows), 1024)])
+            ds.release()
+        _KNN_CACHE[key] = (ds, rows, len(bank), torch.from_numpy(cls[rows]), images)
+    return _KNN_CACHE[key]
+
+
+def knn_eval(backbone, dataset_dir, device, k=20, temperature=0.07, batch_size=256):
+    """kNN (k, T) accuracy of the backbone's CLS / pooled features on a labelled dataset: the train split is
+    the bank, the val split the queries (test instead when val has < KNN_MIN_QUERIES samples and test more).
+    The dataset and its labelled images are cached per folder, so repeated calls only run the backbone."""
+    ds, rows, n_bank, labels, images = _knn_data(dataset_dir)
+    was_training = backbone.training
+    X = extract_features(ds, rows, {"x": backbone}, device, batch_size, images=images, progress=False)["x"]
+    backbone.train(was_training)
+    y, n_classes = labels.to(X.device), int(labels.max()) + 1
+    pred = knn_classify(X[:n_bank], y[:n_bank], X[n_bank:], n_classes, k, temperature).argmax(1)
+    m = classification_metrics(y[n_bank:], pred, n_classes)
+    return {"knn_acc": m["accuracy"], "knn_balanced_acc": m["balanced_accuracy"], "knn_macro_f1": m["macro_f1"],
+            "knn_queries": m["n"]}
+
+
+def main(argv=None):
+    cfg = config.load_or_exit(sys.argv[1:] if argv is None else argv, stage="eval")
+    config.show(cfg, ["model", "eval"])
+    try:
+        run_evaluation(cfg)
+    except (EvalError, FileNotFoundError, ValueError) as e:   # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,9 @@
-"""Time the probes of evaluate.py at TenGeoP-SARwv size on random-but-structured features.
+"""Time the probes of evaluate.py at TenGeoP-SARwv size on random-but-structured features, and the feature
+extraction (shard reading + frozen backbone forward, and the physics features) in images/s.
 
     python benchmarks/bench_probes.py                       # 37,553 x 384, 10 classes, 80/5/15 split, CPU
     python benchmarks/bench_probes.py --n 5000 --dim 768 --device cuda
+    python benchmarks/bench_probes.py --device cuda --feat-n 8192 --batch 512   # bf16 autocast on CUDA
 
 The features imitate a frozen backbone: 10 classes with heavy-tailed sizes (like TenGeoP, where pure ocean waves
 dominate), class means in a random 32-dimensional subspace, anisotropic Gaussian noise, and a common offset
@@ -15,12 +17,16 @@ features). On a busy 2-core machine --threads 1 is faster: OpenMP threads stall 
 import argparse
 import os
 import sys
+import tempfile
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
+import model as models  # noqa: E402
+import shards  # noqa: E402
 
 
 def structured_features(n, dim, n_classes, generator, device):
@@ -59,12 +65,18 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--arch", default="vit_small", help="backbone of the feature-extraction timing")
+    p.add_argument("--patch", type=int, default=16)
+    p.add_argument("--img", type=int, default=256, help="imagette side (px) of the feature-extraction timing")
+    p.add_argument("--feat-n", type=int, default=128, help="images of the feature-extraction timing (0: skip)")
+    p.add_argument("--batch", type=int, default=64, help="feature-extraction batch size")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
     X, y, targets = structured_features(args.n, args.dim, args.classes, g, args.device)
-    tr, va, te = evaluate.stratified_split(y, (0.8, 0.05, 0.15), g)
+    split = shards.stratified_split(y.cpu().numpy(), args.seed)
+    tr, va, te = (torch.from_numpy(np.flatnonzero(split == s)).to(args.device) for s in ("train", "val", "test"))
     print(f"n={args.n} dim={args.dim} classes={args.classes} train/val/test={len(tr)}/{len(va)}/{len(te)} "
           f"device={args.device} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
 
@@ -92,6 +104,33 @@ def main():
 
     images = torch.randn(512, 1, 256, 256, generator=g).to(args.device) - 15
     timed("physics features (512 x 256²)", lambda: evaluate.physics_features(images, 50.0, 36.0))
+    if args.feat_n:
+        bench_extraction(args, g)
+
+
+def bench_extraction(args, generator):
+    """extract_features end to end on a temporary shard dataset: memory-mapped reads, normalisation, forward."""
+    with tempfile.TemporaryDirectory() as folder:
+        writer = shards.ShardWriter(folder, args.img, 50.0, samples_per_shard=1024)
+        n_shards = (args.feat_n + 1023) // 1024
+        for k in range(n_shards):
+            n = min(1024, args.feat_n - 1024 * k)
+            images = -15 + 3 * torch.randn(n, 1, args.img, args.img, generator=generator)
+            writer.write(k, images.numpy(), shards.standard_meta(n, incidence=np.full(n, 36.0)))
+        writer.finalize(n_shards)
+        ds, rows = shards.ShardDataset(folder), np.arange(args.feat_n)
+        net = models.build_backbone(args.arch, args.patch, args.img).to(args.device)
+        print(f"feature extraction: {args.arch}/{args.patch} at {args.img} px, batch {args.batch}, "
+              f"{models.flops_per_image(net, args.img) / 1e9:.2f} GFLOP/image")
+        evaluate.extract_features(ds, rows[:args.batch], {"net": net}, args.device, args.batch, progress=False)
+        runs = [("backbone (CLS)", {"nets": {"net": net}}), ("physics", {"nets": {}, "physics": True})]
+        if args.arch != "resnet50":
+            runs.insert(1, ("backbone (4 blocks + avgpool)",
+                            {"nets": {"net": net}, "n_last_blocks": 4, "avgpool": True}))
+        for name, kw in runs:                        # after one warm-up batch above
+            _, seconds = timed(f"  {name}", lambda: evaluate.extract_features(
+                ds, rows, device=args.device, batch_size=args.batch, progress=False, **kw))
+            print(f"    {args.feat_n / seconds:.1f} images/s")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Tests of the probe library in evaluate.py against independent references (numpy, brute force, by hand)."""
 
+import argparse
+import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -10,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import config  # noqa: E402
 import evaluate  # noqa: E402
+import model as models  # noqa: E402
+import shards  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -215,8 +223,18 @@ def test_probe_suites_report_every_metric():
     out = evaluate.classification_probes(*parts, 3, grid=[1e-2, 1e-3])
     assert out["linear"]["accuracy"] > 0.9 and out["knn"]["accuracy"] > 0.9 and "lam" in out["linear"]
     parts = [(X[:300], target[:300]), (X[300:350], target[300:350]), (X[350:], target[350:])]
-    out = evaluate.regression_probes(*parts)
+    out, pred = evaluate.regression_probes(*parts)
     assert out["linear"]["r2"] > 0.99 and set(out["knn"]) == {"rmse", "bias", "r2", "n"}
+    assert evaluate.regression_metrics(target[350:], pred)["rmse"] == pytest.approx(out["linear"]["rmse"])
+
+
+def test_small_fits_run_single_threaded_and_restore_the_thread_count():
+    seen = []
+    probe = evaluate._single_threaded_when_small(lambda X: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    probe(torch.ones(10, 4))
+    probe(torch.ones(1 << 22, 1))                     # large: the caller's threads are kept
+    assert seen == [1, 2] and torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("call, message", [
@@ -236,19 +254,20 @@ def test_bad_input_gives_a_clear_error(call, message):
 
 # -------------------------------------------------------------------------------------------------------- splits
 
-def test_stratified_split_keeps_class_proportions_and_is_seeded():
-    labels = torch.tensor([0] * 200 + [1] * 40 + [2] * 20 + [-1] * 7)
-    parts = evaluate.stratified_split(labels, (0.8, 0.05, 0.15), torch.Generator().manual_seed(0))
-    every = torch.cat(parts).sort().values
-    assert torch.equal(every, torch.arange(len(labels)))                  # a partition
-    for cls, count in ((0, 200), (1, 40), (2, 20)):
-        sizes = [(labels[p] == cls).sum().item() for p in parts]
-        assert sizes == [round(0.8 * count), round(0.85 * count) - round(0.8 * count),
-                         count - round(0.85 * count)]
-    again = evaluate.stratified_split(labels, (0.8, 0.05, 0.15), torch.Generator().manual_seed(0))
-    other = evaluate.stratified_split(labels, (0.8, 0.05, 0.15), torch.Generator().manual_seed(1))
-    assert all(torch.equal(a, b) for a, b in zip(parts, again))
-    assert not torch.equal(parts[2], other[2])
+def test_dataset_splits_fill_empty_entries_and_ensure_a_val_split():
+    classes = np.array([0] * 200 + [1] * 40 + [2] * 20 + [-1] * 8)
+    meta = {"class_idx": classes, "split": np.array([""] * len(classes))}
+    split = evaluate.dataset_splits(meta, seed=0)
+    for cls, count in ((0, 200), (1, 40), (2, 20)):          # 80/5/15 inside every class
+        sizes = [int(((classes == cls) & (split == s)).sum()) for s in ("train", "val", "test")]
+        assert sizes == [round(0.8 * count), round(0.05 * count), count - round(0.8 * count) - round(0.05 * count)]
+    assert np.array_equal(split, evaluate.dataset_splits(meta, seed=0))
+    assert not np.array_equal(split, evaluate.dataset_splits(meta, seed=1))
+    # given splits are kept; without any val sample, 1/16 of train (per class) becomes val
+    given = np.where(np.arange(len(classes)) % 4 == 0, "test", "train")
+    split = evaluate.dataset_splits({"class_idx": classes, "split": given}, seed=0)
+    assert np.array_equal(split == "test", given == "test")
+    assert int(((classes == 0) & (split == "val")).sum()) == round(150 / 16)
 
 
 # ---------------------------------------------------------------------------------------------- physics features
@@ -292,6 +311,176 @@ def test_intensity_statistics_against_numpy():
     # a cosine of amplitude a dB: the mean linear intensity is I0(a·ln10/10) times the base (Bessel I0)
     wave = evaluate.physics_features(sinusoid(64, 50.0, 400.0, 0.0)[None, None], 50.0, 30.0)
     assert wave[0, 0].item() == pytest.approx(-15 + 10 * math.log10(np.i0(2 * math.log(10) / 10)), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- external weights
+
+def model_cfg(arch, patch_size=16, crops=256):
+    cfg = config.defaults()
+    cfg["model"].update(arch=arch, patch_size=patch_size)
+    cfg["train"]["global_crops_size"] = crops
+    return cfg
+
+
+def test_torchvision_resnet50_with_rgb_conv1_and_module_prefix_loads():
+    rgb = models.resnet50(in_chans=3, generator=torch.Generator().manual_seed(1)).state_dict()
+    release = {f"module.{k}": v for k, v in rgb.items() if not k.endswith("num_batches_tracked")}
+    release.update({"module.fc.weight": torch.zeros(1000, 2048), "module.fc.bias": torch.zeros(1000)})
+    backbone, spec = evaluate.backbone_from_weights(release, model_cfg("resnet50"))
+    state = backbone.state_dict()
+    assert spec[0] == "resnet50" and backbone.conv1.weight.shape == (64, 1, 7, 7)
+    assert torch.equal(state["conv1.weight"], rgb["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(state["layer4.2.bn3.running_var"], rgb["layer4.2.bn3.running_var"])
+    assert backbone.feature_dim() == 2048
+
+
+def test_dino_vit_checkpoint_with_teacher_backbone_prefixes_and_head_loads_at_its_own_grid():
+    rgb = models.vit("vit_nano", patch_size=8, img_size=32, in_chans=3, generator=torch.Generator().manual_seed(2))
+    teacher = {f"backbone.{k}": v for k, v in rgb.state_dict().items()}
+    teacher.update({"head.mlp.0.weight": torch.zeros(8, 96), "head.last_layer.weight_g": torch.ones(16, 1)})
+    student = {f"module.{k}": torch.zeros_like(v) for k, v in teacher.items()}
+    checkpoint = {"student": student, "teacher": teacher, "epoch": 3, "args": argparse.Namespace(arch="vit_small")}
+    backbone, spec = evaluate.backbone_from_weights(checkpoint, model_cfg("vit_nano", 8, crops=256))
+    assert spec == ("vit_nano", 8, 32)                      # built at the stored 4x4 grid, not at 256 px
+    assert torch.equal(backbone.pos_embed, rgb.pos_embed)   # teacher weights, not the zero student
+    assert torch.equal(backbone.patch_embed.proj.weight, rgb.patch_embed.proj.weight.sum(1, keepdim=True))
+
+
+def test_weights_of_another_architecture_fail_with_the_key_lists(tmp_path):
+    path = str(tmp_path / "resnet.pth")
+    torch.save({"conv1.weight": torch.zeros(64, 1, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, path)
+    with pytest.raises(evaluate.EvalError, match=r"resnet\.pth \(vit_nano\).*missing 54 \[blocks\.0\.attn.*"
+                                                 r"unexpected 2 \[conv1\.weight, layer1\.0\.conv1\.weight\]"):
+        evaluate.load_backbone(path, model_cfg("vit_nano", 8))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(evaluate.EvalError, match="not a readable torch checkpoint"):
+        evaluate.load_backbone(str(tmp_path / "junk.pt"), model_cfg("vit_nano", 8))
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+
+def write_dataset(folder, images, **columns):
+    writer = shards.ShardWriter(str(folder), images.shape[-1], 50.0, samples_per_shard=64)
+    n_shards = (len(images) + 63) // 64
+    for k in range(n_shards):
+        part = slice(64 * k, 64 * (k + 1))
+        writer.write(k, images[part], shards.standard_meta(len(images[part]),
+                                                           **{c: v[part] for c, v in columns.items()}))
+    writer.finalize(n_shards)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """3 classes of 32 px imagettes told apart by their brightness (40 each, split 28/4/8), a wind set whose
+    brightness follows the wind (no Hs, no split column), a vit_nano backbone.pt and a pretrain-like
+    checkpoint.pt (config + a teacher different from the student) with the same teacher backbone."""
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    classes = np.repeat(np.arange(3), 40)
+    speckle = 10 * np.log10(rng.gamma(4.0, 1 / 4.0, size=(120, 1, 32, 32)))
+    split = np.tile(np.array(["train"] * 28 + ["val"] * 4 + ["test"] * 8), 3)
+    names = np.array(["Pure Ocean Waves", "Sea Ice", "Rain Cells"])[classes]
+    cls_dir = write_dataset(root / "cls", np.array([-22.0, -14.0, -6.0])[classes, None, None, None] + speckle,
+                            class_idx=classes, class_name=names, split=split, incidence=np.full(120, 35.0))
+    wind = rng.uniform(2, 20, 96)
+    reg_dir = write_dataset(root / "reg", -25 + wind[:, None, None, None] + speckle[:96], wind=wind,
+                            incidence=rng.uniform(30, 40, 96))
+    cfg = model_cfg("vit_nano", 8, crops=32)
+    teacher, student = (models.MultiCropWrapper(models.build_backbone("vit_nano", 8, 32, generator=g),
+                                                models.DINOHead(96, 16, hidden_dim=16, bottleneck_dim=8))
+                        for g in (torch.Generator().manual_seed(3), None))
+    torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "iteration": 5,
+                "config": config.as_json(cfg)}, root / "checkpoint.pt")
+    torch.save(teacher.backbone.state_dict(), root / "backbone.pt")
+    yaml_path = root / "eval.yaml"                       # model.* left at its defaults (vit_small/16)
+    yaml_path.write_text(f"eval:\n  classification: {cls_dir}\n  regression: {reg_dir}\n  batch_size: 50\n")
+    return {"root": root, "cls": cls_dir, "reg": reg_dir, "yaml": str(yaml_path), "teacher": teacher.backbone}
+
+
+def test_a_pretrain_checkpoint_gives_its_teacher_backbone_in_the_saved_architecture(tiny):
+    backbone, spec = evaluate.load_backbone(str(tiny["root"] / "checkpoint.pt"), config.defaults())
+    assert spec == ("vit_nano", 8, 32)
+    for key, value in tiny["teacher"].state_dict().items():
+        assert torch.equal(backbone.state_dict()[key], value), key
+
+
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}         # tiny problems: one thread each on a shared machine
+    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_cli_report_from_a_pretrain_checkpoint(tiny):
+    out = tiny["root"] / "report_ckpt"
+    proc = run_cli(tiny["yaml"], f"checkpoint={tiny['root'] / 'checkpoint.pt'}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"checkpoint", "arch", "feature_dim", "results"}
+    assert report["arch"] == "vit_nano" and report["feature_dim"] == 96      # from the checkpoint's config
+    assert list(report["results"]) == ["pretrained", "random_init", "physics"]
+    for name, result in report["results"].items():
+        assert set(result) == {"classification", "wind"}                     # no Hs label: skipped
+        for probe in ("linear", "knn"):
+            c = result["classification"][probe]
+            assert set(c) == {"accuracy", "balanced_accuracy", "macro_f1", "n", "confusion", "per_class"}
+            assert c["n"] == 24 and np.array(c["confusion"]).sum() == 24
+            assert set(c["per_class"]) == {"Pure Ocean Waves", "Sea Ice", "Rain Cells"}
+            assert np.mean(list(c["per_class"].values())) == pytest.approx(c["balanced_accuracy"])
+            assert set(result["wind"][probe]) == {"rmse", "bias", "r2", "n"}
+    physics = report["results"]["physics"]
+    assert physics["classification"]["linear"]["accuracy"] == 1.0             # brightness separates the classes
+    assert physics["wind"]["linear"]["r2"] > 0.9                               # and predicts the wind
+    assert "hs: skipped" in proc.stdout
+    rows = (out / "report.md").read_text().splitlines()
+    assert [r.split("|")[1].strip() for r in rows if r.startswith("| ") and "model" not in r] == \
+        ["pretrained", "random_init", "physics"]
+    for png in ("confusion.png", "scatter_wind.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "scatter_hs.png").exists()
+    assert config.load([str(out / "config.yaml")])["eval"]["out"] == str(out)
+
+
+def test_cli_report_from_a_backbone_file_with_more_features_and_no_baselines(tiny):
+    out = tiny["root"] / "report_backbone"
+    proc = run_cli(tiny["yaml"], f"checkpoint={tiny['root'] / 'backbone.pt'}", f"out={out}", "model.arch=vit_nano",
+                   "model.patch_size=8", "eval.n_last_blocks=2", "eval.avgpool=true", "eval.baselines=false")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["feature_dim"] == 3 * 96 and list(report["results"]) == ["pretrained"]
+    assert str(out / "report.md") in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["checkpoint=/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt does not exist"),
+    (["eval.regression=/nonexistent/set"], "eval.regression=/nonexistent/set is not a prepared dataset"),
+])
+def test_cli_missing_input_is_one_line_and_exit_1(tiny, args, message):
+    proc = run_cli(tiny["yaml"], f"checkpoint={tiny['root'] / 'checkpoint.pt'}", *args)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_knn_eval_matches_a_direct_computation_and_caches_the_images(tiny):
+    backbone = tiny["teacher"]
+    backbone.train()
+    result = evaluate.knn_eval(backbone, tiny["cls"], "cpu")
+    assert backbone.training                                    # the caller's mode is restored
+    ds = shards.ShardDataset(tiny["cls"])
+    bank, query = np.flatnonzero(ds.meta["split"] == "train"), np.flatnonzero(ds.meta["split"] == "test")
+    with torch.no_grad():                                       # val has 12 < 100 samples: test is the query set
+        backbone.eval()
+        fb, fq = (backbone(torch.from_numpy(ds.read_batch(rows))) for rows in (bank, query))
+        backbone.train()
+    labels = torch.from_numpy(ds.meta["class_idx"].astype(np.int64))
+    ref = evaluate.classification_metrics(labels[query], evaluate.knn_classify(fb, labels[bank], fq, 3).argmax(1), 3)
+    assert result["knn_acc"] == pytest.approx(ref["accuracy"]) and result["knn_queries"] == 24
+    assert result["knn_balanced_acc"] == pytest.approx(ref["balanced_accuracy"])
+    assert result["knn_acc"] > 0.9                             # brightness classes: easy even for random weights
+    cached = evaluate._KNN_CACHE[os.path.abspath(tiny["cls"])]
+    assert cached[4] is not None and cached[4].dtype == torch.float16
+    assert evaluate.knn_eval(backbone, tiny["cls"], "cpu") == result
+    assert evaluate._KNN_CACHE[os.path.abspath(tiny["cls"])] is cached
 
 
 # --------------------------------------------------------------------------------------------------------- CUDA
