@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 import config
 import model as models
+import prune
 from augment import SARAugment
 from shards import ShardDataset
 
@@ -172,17 +173,27 @@ class DINOLoss(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- data
 def epoch_indices(epoch, dataset, cfg, pruner_state, backbone=None, device="cpu"):
-    """CLEAN HOOK: the training subset of `epoch` as a sorted int64 array, identical on every rank.
+    """The training subset of `epoch` as a sorted int64 array, identical on every rank.
 
-    Returns (indices, pruner_state). pruner_state is a dict saved in every checkpoint (tensors and plain data
-    only, so torch.load(weights_only=True) reads it); prune.py keeps its current index list and centroids
-    there. `backbone` is the teacher backbone (for embedding the pool), `device` the training device.
-    Here: a fresh uniform random subset of ceil(rho * N) images from a (seed, epoch) generator.
+    Returns (indices, pruner_state, curation diagnostics or None). Warm-up epochs and prune.mode=none draw a
+    fresh uniform random ceil(rho * N) subset from a (seed, epoch) generator. After prune.warmup_epochs, static
+    mode curates once and keeps that subset; dynamic mode re-curates every prune.every epochs with the teacher
+    backbone's own features (prune.rebalance). pruner_state (saved in every checkpoint, tensors and plain data
+    only) holds the curated indices, the epoch they were drawn at and the hierarchy's centroids, so a resumed
+    run continues the same curation.
     """
-    n = len(dataset)
-    rng = np.random.default_rng([cfg["train"]["seed"], epoch, STREAM_SUBSET])
-    keep = rng.choice(n, size=subset_size(cfg["prune"]["rho"], n), replace=False)
-    return np.sort(keep).astype(np.int64), pruner_state
+    p = cfg["prune"]
+    if p["mode"] == "none" or epoch < p["warmup_epochs"]:
+        n = len(dataset)
+        rng = np.random.default_rng([cfg["train"]["seed"], epoch, STREAM_SUBSET])
+        keep = rng.choice(n, size=subset_size(p["rho"], n), replace=False)
+        return np.sort(keep).astype(np.int64), pruner_state, None
+    due = "indices" not in pruner_state or (p["mode"] == "dynamic" and (epoch - p["warmup_epochs"]) % p["every"] == 0)
+    if not due:
+        return pruner_state["indices"].numpy(), pruner_state, None
+    indices, info, _, clusters = prune.rebalance(backbone, dataset, cfg, epoch, device)
+    state = {"indices": torch.from_numpy(indices), "epoch": epoch, "centroids": clusters.centroids}
+    return indices, state, info
 
 
 def rank_batches(indices, epoch, seed, ipe, batch_per_rank, rank, world):
@@ -286,18 +297,21 @@ def train_flops_per_image(backbone, head, t):
 
 
 def measure_peak_flops(device, seconds=0.5):
-    """Achieved FLOP/s of a large matmul: fp32 on CPU, bf16 on CUDA (the precisions training runs in)."""
+    """Best achieved FLOP/s of a large matmul (fp32 on CPU, bf16 on CUDA: the precisions training runs in).
+
+    The best single product, not the average, so a busy machine lowers the estimate as little as possible."""
     n, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
     a = torch.randn(n, n, device=device, generator=torch.Generator(device).manual_seed(0)).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ a
     sync()
-    reps, start = 0, time.perf_counter()
+    best, start = float("inf"), time.perf_counter()
     while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
         a @ a
-        reps += 1
         sync()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -512,9 +526,12 @@ class Trainer:
     # ---- one epoch
     def run_epoch(self, epoch, bar):
         t, start = self.t, time.perf_counter()
+        curation = None
         if self.indices is None:
-            self.indices, self.pruner_state = epoch_indices(epoch, self.dataset, self.cfg, self.pruner_state,
-                                                            self.teacher.backbone, self.device)
+            self.indices, self.pruner_state, curation = epoch_indices(epoch, self.dataset, self.cfg, self.pruner_state,
+                                                                      self.teacher.backbone, self.device)
+            if curation and self.main:
+                tqdm.write(f"epoch {epoch}: {prune.curation_line(curation)}")
         curation_s = time.perf_counter() - start
         batches = rank_batches(self.indices, epoch, t["seed"], self.ipe, t["batch_size_per_gpu"], self.rank, self.world)
         end = min(self.stop_at, (epoch + 1) * self.ipe)
@@ -545,6 +562,8 @@ class Trainer:
         record = {"event": "epoch", "epoch": epoch, "iteration": self.iteration, "complete": complete,
                   "loss": float(np.mean(losses)), "loss_norm": float(norm.mean()), "subset": len(self.indices),
                   "epoch_s": time.perf_counter() - start, "curation_s": curation_s}
+        if curation:
+            record["curation"] = curation
         if complete and np.all(np.abs(norm - 1) < 0.01):
             record["warning"] = "collapse"
             if self.main:
@@ -576,11 +595,12 @@ class Trainer:
 
 
 def train(cfg):
-    """Run (or resume) pretraining; returns {"student", "teacher" (unwrapped), "iteration", "out"}."""
+    """Run (or resume) pretraining; returns {"student", "teacher" (unwrapped), "iteration", "out",
+    "pruner_state"}."""
     trainer = Trainer(cfg)
     trainer.fit()
     return {"student": trainer.student, "teacher": trainer.teacher, "iteration": trainer.iteration,
-            "out": trainer.out}
+            "out": trainer.out, "pruner_state": trainer.pruner_state}
 
 
 def run(argv):

@@ -3,12 +3,15 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_pretrain_check.py cfg.yaml
 
 Each rank writes <train.out>/teacher_rank<r>.sha256: the sha256 of its teacher state dict (names and bytes),
-so the test can check that DDP + the EMA keep the teacher identical on every rank.
+so the test can check that DDP + the EMA keep the teacher identical on every rank, and, when the pruner ran,
+<train.out>/pruned_rank<r>.npy: its curated index list.
 """
 
 import hashlib
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,3 +32,5 @@ if __name__ == "__main__":
     out = result["out"]
     with open(os.path.join(out, f"teacher_rank{rank}.sha256"), "w") as f:
         f.write(state_hash(result["teacher"]) + "\n")
+    if "indices" in result["pruner_state"]:
+        np.save(os.path.join(out, f"pruned_rank{rank}.npy"), result["pruner_state"]["indices"].numpy())

@@ -1,0 +1,542 @@
+"""Distributed hierarchical k-means in torch (Vo et al. 2024), the clustering half of prune.py.
+
+    g = make_generator(seed, epoch)                         # every random draw comes from this generator
+    res = kmeans(x, k, generator=g, n_iter=20)              # centroids, labels, distances, inertia
+    hier = fit_hierarchy(x_fit, [k1, k2], generator=g)      # leaves -> level-2 clusters -> ...
+    leaf, dist = assign(x_pool, hier.centroids[0])          # every pool point to its leaf centroid
+
+- `kmeans(x, k, ...)`: Lloyd iterations, exact (the same fixed points as plain Lloyd) but accelerated with
+  Yinyang bounds (Ding et al. 2015): centroids are put in groups of ~GROUP_SIZE; each point keeps an upper
+  bound on the distance to its centroid and one lower bound per group, moved by the centroid drifts after each
+  update, and only the groups a point's bounds cannot exclude are searched. Distances are matrix products
+  (||c||^2 - 2 x.c, fp32) in row chunks bounded by `mem_bytes`; per-cluster sums are accumulated in float64
+  and updated only for points that changed cluster. Init "kmeans++" (greedy k-means++ on a seeded random
+  candidate subset, `init_candidates`) or "random". A cluster left empty is re-seeded with the point farthest
+  from its centroid (ties broken by the generator). Metric "cosine" (points and centroids L2-normalised:
+  spherical k-means, nearest = max dot) or "l2". Inertia = sum of squared Euclidean distances (for cosine:
+  between unit vectors, 2 - 2 cos), float64.
+- `fit_hierarchy`: level 1 clusters the points, level l > 1 the centroids of level l-1. Each level runs
+  `resample_steps` Vo resampling steps: take `sample_size` points per cluster (the closest to the centroid,
+  properly sorted by distance, or random; default half the mean cluster size), run a fresh k-means on that
+  union, re-assign all points.
+
+Edge cases: non-finite features raise ValueError naming how many rows; fewer points than clusters reduces k
+with a warning; duplicates are fine (clusters that cannot be filled stay empty, with a warning); k = 1 works.
+
+Distributed: when torch.distributed is initialised, `kmeans` and `fit_hierarchy` treat `x` as this rank's
+contiguous block of the points (rank 0 first, so global index = rank offset + local index). Sums and counts
+are all-reduced, the init draws candidates by global index with the shared generator, so every rank ends with
+identical centroids, and the result does not depend on the number of ranks (up to float rounding of the sums).
+Every collective is guarded by torch.distributed.is_initialized(). Randomness is drawn on the CPU, so CPU and
+CUDA runs consume the generator identically.
+"""
+
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+METRICS = ("cosine", "l2")
+DEFAULT_MEM_BYTES = 512 * 2**20
+INIT_CANDIDATES = (16384, 32)  # k-means++ runs on max(16384, 32 k) random points at most (its cost is k x that)
+
+
+# ----------------------------------------------------------------------------- randomness and collectives
+
+def make_generator(seed: int, epoch: int = 0) -> torch.Generator:
+    """CPU generator seeded by (seed, epoch), mixed by numpy's SeedSequence so nearby pairs do not collide."""
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"make_generator: seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _distributed(flag=None) -> bool:
+    on = dist.is_available() and dist.is_initialized()
+    return on if flag is None else (bool(flag) and on)
+
+
+def _all_reduce_(t: torch.Tensor, on: bool) -> torch.Tensor:
+    if on and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _rank_counts(n_local: int, device, on: bool) -> list:
+    if not (on and dist.is_initialized()):
+        return [n_local]
+    mine = torch.tensor([n_local], dtype=torch.int64, device=device)
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, mine)
+    return [int(c) for c in out]
+
+
+def all_gather_rows(t: torch.Tensor, on=None) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order (row counts may differ between ranks)."""
+    on = _distributed(on)
+    if not on:
+        return t
+    counts = _rank_counts(t.shape[0], t.device, on)
+    padded = t.new_zeros((max(counts),) + tuple(t.shape[1:]))
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:c] for o, c in zip(out, counts)])
+
+
+@dataclass
+class _Layout:
+    """Where this rank's rows sit among all ranks' rows."""
+    on: bool
+    offset: int
+    n_total: int
+
+
+def layout(n_local: int, device, on=None) -> _Layout:
+    on = _distributed(on)
+    counts = _rank_counts(n_local, device, on)
+    rank = dist.get_rank() if on else 0
+    return _Layout(on, sum(counts[:rank]), sum(counts))
+
+
+def _rows_by_global_index(x, lay: _Layout, idx: torch.Tensor) -> torch.Tensor:
+    """Rows `idx` (global indices) of the rank-concatenated matrix, on every rank: owners fill, then sum."""
+    idx = idx.to(x.device)
+    if not lay.on:
+        return x[idx]
+    out = x.new_zeros(len(idx), x.shape[1])
+    own = (idx >= lay.offset) & (idx < lay.offset + len(x))
+    out[own] = x[idx[own] - lay.offset]
+    return _all_reduce_(out, True)
+
+
+def owned_rows(idx_sorted: torch.Tensor, lay: _Layout, n_local: int) -> torch.Tensor:
+    """Local row numbers of the global indices this rank holds."""
+    own = (idx_sorted >= lay.offset) & (idx_sorted < lay.offset + n_local)
+    return idx_sorted[own] - lay.offset
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def check_features(x: torch.Tensor, name: str = "features", on=None) -> None:
+    """Raise ValueError for a non-2-D tensor or rows with NaN/inf (counted over all ranks)."""
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D [n, d] tensor, got shape {tuple(x.shape)}")
+    suspect = (~torch.isfinite(x.sum(dim=1))).nonzero().squeeze(1)  # one cheap pass; then exact on those rows
+    bad = (~torch.isfinite(x[suspect])).any(dim=1).sum().to(torch.int64).reshape(1)
+    n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
+    both = _all_reduce_(torch.cat([bad, n]), _distributed(on))
+    if int(both[0]):
+        raise ValueError(f"{name}: {int(both[0])} of {int(both[1])} rows contain NaN/inf values; "
+                         "drop or impute them before clustering")
+
+
+def prepare_points(x: torch.Tensor, metric: str) -> torch.Tensor:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    x = x.float()
+    return F.normalize(x, dim=1) if metric == "cosine" else x.contiguous()
+
+
+def _per_level(value, n_levels: int, name: str) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n_levels
+    if len(values) != n_levels:
+        raise ValueError(f"{name}: expected one value per level ({n_levels}), got {values}")
+    return values
+
+
+# ----------------------------------------------------------------------------- distance kernels
+# A chunk's score block is preallocated once and reused (a fresh block per chunk would be page-faulted in on
+# every call, which costs more than the matrix product on a small machine) and sized to stay in the last-level
+# cache. mem_bytes only ever lowers the chunk.
+CHUNK_BYTES = 16 * 2**20
+GROUP_SIZE = 30           # Yinyang: centroids per group of lower bounds (10 to 40 measured alike within noise)
+FULL_PASS_DENSITY = 0.25  # above this fraction of (point, group) pairs to search, one full product is cheaper
+
+
+def _chunk_rows(width: int, mem_bytes: int, target: int = CHUNK_BYTES) -> int:
+    return max(1, min(target, int(mem_bytes)) // (4 * (width + 8)))
+
+
+def _sqrt_dist(score, xsq):
+    """Euclidean distance from score = ||c||^2 - 2 x.c (the per-row constant ||x||^2 is added only here)."""
+    return (score + xsq).clamp_min_(0).sqrt_()
+
+
+def _nearest(x, c, rows):
+    """Index of the nearest centroid of every row of x."""
+    label = torch.empty(len(x), dtype=torch.int64, device=x.device)
+    csq, score = (c * c).sum(1), torch.empty(min(rows, len(x)), len(c), device=x.device)
+    for s in range(0, len(x), rows):
+        e = min(s + rows, len(x))
+        label[s:e] = torch.addmm(csq, x[s:e], c.t(), alpha=-2.0, out=score[: e - s]).argmin(dim=1)
+    return label
+
+
+def _distance_to_own(x, idx, c, label, rows):
+    """Exact ||x_i - c_label(i)|| for rows idx (None: all); the difference form stays accurate near 0."""
+    n = x.shape[0] if idx is None else len(idx)
+    out = torch.empty(n, device=x.device)
+    xbuf, cbuf = (torch.empty(min(rows, n), x.shape[1], device=x.device) for _ in range(2))
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        sel = slice(s, e) if idx is None else idx[s:e]
+        xb = x[sel] if idx is None else torch.index_select(x, 0, sel, out=xbuf[: e - s])
+        cb = torch.index_select(c, 0, label[sel], out=cbuf[: e - s])
+        out[s:e] = torch.linalg.vector_norm(cb.sub_(xb), dim=1)
+    return out
+
+
+def assign(x: torch.Tensor, centroids: torch.Tensor, metric: str = "cosine", mem_bytes: int = DEFAULT_MEM_BYTES):
+    """Nearest centroid of every row of x (local, no collectives): (labels int64 [n], distances float32 [n])."""
+    return assign_prepared(prepare_points(x, metric), centroids.to(x.device, torch.float32), mem_bytes)
+
+
+def assign_prepared(x, c, mem_bytes):
+    label = _nearest(x, c, _chunk_rows(len(c), mem_bytes))
+    return label, _distance_to_own(x, None, c, label, _chunk_rows(x.shape[1], mem_bytes, CHUNK_BYTES // 4))
+
+
+# Lloyd with Yinyang bounds. The centroids are split into groups (consecutive after a permutation); every point
+# keeps an upper bound on the distance to its own centroid and, per group, a lower bound on the distance to the
+# group's other centroids. After an update the bounds move by the centroid drifts. A point whose upper bound is
+# below all its lower bounds keeps its cluster; otherwise only the groups whose bound it crosses are searched.
+
+def _full_pass(x, xsq, idx, c, csq, lengths, rows):
+    """Nearest centroid of rows idx (None: all), its distance, and per group the distance to the nearest other
+    centroid of the group."""
+    n, k = (len(x) if idx is None else len(idx)), len(c)
+    label = torch.empty(n, dtype=torch.int64, device=x.device)
+    upper, lower = torch.empty(n, device=x.device), torch.empty(n, len(lengths), device=x.device)
+    score = torch.empty(min(rows, n), k, device=x.device)
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        sc = torch.addmm(csq, x[s:e] if idx is None else x[idx[s:e]], c.t(), alpha=-2.0, out=score[: e - s])
+        upper[s:e], label[s:e] = sc.min(dim=1)
+        sc.scatter_(1, label[s:e, None], math.inf)  # the own centroid is no "other" centroid
+        lower[s:e] = torch.segment_reduce(sc, "min", lengths=lengths.expand(e - s, -1), axis=1)
+    xsq = xsq if idx is None else xsq[idx]  # few large element-wise ops rather than many small ones
+    return label, _sqrt_dist(upper, xsq), _sqrt_dist(lower, xsq[:, None])
+
+
+def _group_pass(x, xsq, idx, need, label, upper, lower, c, csq, starts, group, rows):
+    """Search, for the points idx, only the groups g with need[i, g]. Updates their rows of `lower` in place and
+    returns their new labels and upper bounds. Work is organised as (group, point) pairs, one run per group."""
+    n_groups, k = need.shape[1], len(c)
+    g_of, p_of = need.t().nonzero().unbind(1)
+    runs = [0] + torch.bincount(g_of, minlength=n_groups).cumsum(0).tolist()
+    v1, v2 = torch.empty(len(p_of), device=x.device), torch.full((len(p_of),), math.inf, device=x.device)
+    a1 = torch.empty(len(p_of), dtype=torch.int64, device=x.device)
+    rows_buf = torch.empty(min(rows, max(1, len(p_of))), x.shape[1], device=x.device)
+    for g in range(n_groups):  # a loop over groups of centroids (k / GROUP_SIZE), vectorised over points
+        s, e = starts[g], starts[g + 1]
+        for r in range(runs[g], runs[g + 1], rows):
+            r2 = min(r + rows, runs[g + 1])
+            xb = torch.index_select(x, 0, idx[p_of[r:r2]], out=rows_buf[: r2 - r])
+            # [group, points] rather than [points, group]: the faster layout for a narrow product
+            sc = torch.addmm(csq[s:e, None], c[s:e], xb.t(), alpha=-2.0)
+            best, arg = sc.min(dim=0)  # min, mask, min: faster than topk(2) on narrow blocks
+            v1[r:r2], a1[r:r2] = best, arg + s
+            if e - s > 1:
+                v2[r:r2] = sc.scatter_(0, arg[None], math.inf).min(dim=0).values
+    # every point's best searched centroid (equal distances: the lowest index)
+    best = torch.full((len(idx),), math.inf, device=x.device).scatter_reduce_(0, p_of, v1, "amin")
+    best_at = torch.where(v1 == best[p_of], a1, k)
+    best_at = torch.full((len(idx),), k, device=x.device).scatter_reduce_(0, p_of, best_at, "amin")
+    xsq_i = xsq[idx]
+    d_best = _sqrt_dist(best, xsq_i)
+    closer = d_best < upper  # upper is exact here; a tie keeps the current cluster
+    new_label, new_upper = torch.where(closer, best_at, label), torch.where(closer, d_best, upper)
+    # a searched group's bound is its nearest centroid other than the (new) own one
+    lower[idx[p_of], g_of] = _sqrt_dist(torch.where(a1 == new_label[p_of], v2, v1), xsq_i[p_of])
+    moved = (new_label != label).nonzero().squeeze(1)  # the old centroid became an "other" one of its group
+    at = (idx[moved], group[label[moved]])
+    lower[at] = torch.minimum(lower[at], upper[moved])
+    return new_label, new_upper
+
+
+def _group_centroids(c, generator):
+    """Yinyang groups of about GROUP_SIZE centroids from a few Lloyd steps on the centroids themselves.
+    Returns the permutation that makes every group consecutive, and the group lengths."""
+    k, n_groups = len(c), max(1, len(c) // GROUP_SIZE)
+    if n_groups == 1:
+        return torch.arange(k, device=c.device), torch.tensor([k], device=c.device)
+    seeds = c[torch.randperm(k, generator=generator)[:n_groups].to(c.device)]
+    for _ in range(5):
+        owner = torch.cdist(c, seeds).argmin(dim=1)
+        count = torch.bincount(owner, minlength=n_groups)[:, None]
+        mean = torch.zeros_like(seeds).index_add_(0, owner, c) / count.clamp_min(1)
+        seeds = torch.where(count > 0, mean, seeds)
+    owner = torch.cdist(c, seeds).argmin(dim=1)
+    lengths = torch.bincount(owner, minlength=n_groups)
+    return torch.argsort(owner, stable=True), lengths[lengths > 0]
+
+
+# ----------------------------------------------------------------------------- k-means
+
+@dataclass
+class KMeansResult:
+    centroids: torch.Tensor    # [k, d] float32 (unit rows for cosine)
+    assignments: torch.Tensor  # [n_local] int64
+    distances: torch.Tensor    # [n_local] float32, Euclidean distance to the assigned centroid
+    inertia: float             # sum over all ranks of squared distances, float64
+    history: list              # inertia after each assignment step (non-increasing)
+
+
+def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ on candidate rows p (identical on every rank): each step draws 2 + ln k trials with
+    probability proportional to D^2 and keeps the one that lowers the potential most."""
+    m, trials = p.shape[0], 2 + int(math.log(k))
+    psq = (p * p).sum(1)
+
+    def sq_dist(q):  # [len(q), m] squared distances (the faster layout for a narrow product), float64 for sums
+        return torch.addmm(psq[None] + (q * q).sum(1)[:, None], q, p.t(), alpha=-2.0).clamp_min_(0).double()
+
+    chosen = [int(torch.randint(m, (1,), generator=generator))]
+    best = sq_dist(p[chosen])[0]
+    for _ in range(1, k):
+        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(p.device)
+        total = best.sum()
+        if total > 0:
+            trial = torch.searchsorted(best.cumsum(0), u * total, right=True).clamp_max_(m - 1)
+        else:  # every candidate sits on a centre already (duplicates): any point will do
+            trial = (u * m).long().clamp_max_(m - 1)
+        after = torch.minimum(best[None], sq_dist(p[trial]))
+        pick = int(after.sum(1).argmin())
+        chosen.append(int(trial[pick]))
+        best = after[pick]
+    return p[torch.tensor(chosen, device=p.device)].clone()
+
+
+def _init_centroids(x, k, init, generator, lay, candidates):
+    if init == "random":
+        return _rows_by_global_index(x, lay, torch.randperm(lay.n_total, generator=generator)[:k])
+    if init != "kmeans++":
+        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    m = min(lay.n_total, candidates or max(INIT_CANDIDATES[0], INIT_CANDIDATES[1] * k))
+    idx = torch.randperm(lay.n_total, generator=generator)[:m]
+    return _kmeanspp(_rows_by_global_index(x, lay, idx), k, generator)
+
+
+def _accumulate_(sums, x, idx, label, rows, sign=1.0):
+    """sums[label[j]] += sign * x[idx[j]] in float64, chunk by chunk."""
+    for s in range(0, len(idx), rows):
+        sums.index_add_(0, label[s:s + rows], x[idx[s:s + rows]].double(), alpha=sign)
+
+
+def _full_sums(x, label, k, rows):
+    # float64 index_add_ is ~10x slower than float32 on CPU: sum each chunk in float32 (a few rows per cluster)
+    # and accumulate the chunk partials in float64.
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+    part = torch.empty(k, x.shape[1], device=x.device)
+    for s in range(0, x.shape[0], rows):
+        sums += part.zero_().index_add_(0, label[s:s + rows], x[s:s + rows])
+    return sums
+
+
+def _update_centroids(sums, counts, c, metric):
+    """Mean (l2) or normalised sum (cosine) of each cluster; clusters with nothing to average keep theirs."""
+    new = sums / counts.clamp_min(1)[:, None].double() if metric == "l2" else F.normalize(sums, dim=1)
+    keep = (counts == 0) if metric == "l2" else (sums.norm(dim=1) == 0)
+    return torch.where(keep[:, None], c, new.float())
+
+
+def _farthest_first(far, tie, m):
+    """Positions of the m largest `far`, equal distances ordered by the random `tie` (lexicographic sort)."""
+    order = torch.argsort(tie, descending=True, stable=True)
+    order = order[torch.argsort(far[order], descending=True, stable=True)]
+    return order[:m]
+
+
+def _reseed_empty(x, c, label, empty, generator, lay, rows):
+    """Move each empty cluster onto one of the points farthest from their centroid (ties: random order).
+    Returns the new centroids and every local point's exact distance to its centroid (which did not move)."""
+    far = _distance_to_own(x, None, c, label, rows)
+    tie = torch.rand(lay.n_total, generator=generator, dtype=torch.float64)[lay.offset: lay.offset + len(x)]
+    tie = tie.to(x.device)
+    top = _farthest_first(far, tie, len(empty))  # this rank's candidates, then the global choice among them
+    cand_far, cand_tie = all_gather_rows(far[top], lay.on), all_gather_rows(tie[top], lay.on)
+    cand_idx = all_gather_rows(top + lay.offset, lay.on)
+    pick = _farthest_first(cand_far, cand_tie, len(empty))
+    pick = pick[cand_far[pick] > 0]  # a point sitting on its centroid cannot help
+    c = c.clone()
+    c[empty[: len(pick)]] = _rows_by_global_index(x, lay, cand_idx[pick])
+    return c, far
+
+
+def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes):
+    n, k, d = x.shape[0], c.shape[0], x.shape[1]
+    rows_k, rows_d = _chunk_rows(k, mem_bytes), _chunk_rows(d, mem_bytes, CHUNK_BYTES // 4)
+    perm, lengths = _group_centroids(c, generator)
+    c, starts = c[perm], [0] + torch.cumsum(lengths, 0).tolist()
+    group = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)
+    xsq = (x * x).sum(1)
+    total_sq = float(_all_reduce_(xsq.double().sum().reshape(1), lay.on))
+    history = []
+    for it in range(n_iter + 1):
+        csq = (c * c).sum(1)
+        if it == 0:
+            label, upper, lower = _full_pass(x, xsq, None, c, csq, lengths, rows_k)
+            local_sums, local_counts, moved = _full_sums(x, label, k, rows_d), torch.bincount(label, minlength=k), n
+        else:
+            bound = lower.min(dim=1).values
+            active = (upper > bound).nonzero().squeeze(1)
+            upper[active] = _distance_to_own(x, active, c, label, rows_d)  # tighten: one row, not k
+            active = active[upper[active] > bound[active]]
+            need = lower[active] < upper[active, None]
+            old = label[active]
+            if len(active) and int(need.sum()) > FULL_PASS_DENSITY * need.numel():
+                new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, lengths, rows_k)
+            else:
+                new, upper[active] = _group_pass(x, xsq, active, need, old, upper[active], lower, c, csq, starts,
+                                                 group, rows_d)
+            label[active] = new
+            changed = new != old  # only points that changed cluster change the sums
+            idx, src, dst = active[changed], old[changed], new[changed]
+            _accumulate_(local_sums, x, idx, dst, rows_d, 1.0)
+            _accumulate_(local_sums, x, idx, src, rows_d, -1.0)
+            local_counts += torch.bincount(dst, minlength=k) - torch.bincount(src, minlength=k)
+            moved = len(idx)
+        sums = _all_reduce_(local_sums.clone(), lay.on)
+        counts = _all_reduce_(local_counts.clone(), lay.on)
+        moved = int(_all_reduce_(torch.tensor([moved], device=x.device), lay.on))
+        # sum_i ||x_i - c_a(i)||^2 = sum ||x||^2 - 2 sum_j c_j.S_j + sum_j n_j ||c_j||^2, exact from the sums
+        cross, own = float((c.double() * sums).sum()), float((counts * csq.double()).sum())
+        history.append(max(0.0, total_sq - 2 * cross + own))
+        if it == n_iter or (it > 0 and moved == 0):
+            break
+        new_c = _update_centroids(sums, counts, c, metric)
+        empty = (counts == 0).nonzero().squeeze(1)
+        reseed = len(empty) > 0 and lay.n_total > k
+        if reseed:  # the exact distances it computes are the new upper bounds
+            new_c, exact = _reseed_empty(x, new_c, label, empty, generator, lay, rows_d)
+        drift = (new_c - c).norm(dim=1)
+        upper = exact if reseed else upper.add_(drift[label])
+        lower -= torch.segment_reduce(drift, "max", lengths=lengths)[None]
+        c = new_c
+    inverse = torch.argsort(perm)
+    return c[inverse], perm[label], history, int((counts == 0).sum())
+
+
+def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator, n_iter: int = 20, metric: str = "cosine",
+           init: str = "kmeans++", init_centroids=None, init_candidates=None,
+           mem_bytes: int = DEFAULT_MEM_BYTES, distributed=None) -> KMeansResult:
+    """Lloyd's k-means of the rows of x [n, d] (this rank's rows when distributed; see the module manual).
+    n_iter: centroid updates (then one last assignment, so the labels match the centroids; stops early when no
+    point moves); init_centroids [k, d] overrides `init`; init_candidates: k-means++ candidate count (default
+    max(16384, 32 k)); mem_bytes: bound of a distance chunk; distributed: None = when initialised."""
+    check_features(x, "kmeans input", distributed)
+    return _kmeans(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
+                   init_centroids=init_centroids, init_candidates=init_candidates, mem_bytes=mem_bytes,
+                   distributed=distributed)
+
+
+def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", init_centroids=None,
+            init_candidates=None, mem_bytes=DEFAULT_MEM_BYTES, distributed=None) -> KMeansResult:
+    """kmeans() on already prepared (float32, normalised for cosine) points."""
+    if k < 1 or n_iter < 0:
+        raise ValueError(f"kmeans: need k >= 1 and n_iter >= 0, got k={k}, n_iter={n_iter}")
+    lay = layout(x.shape[0], x.device, distributed)
+    if lay.n_total == 0:
+        raise ValueError("kmeans: no points to cluster")
+    if lay.n_total < k:
+        warnings.warn(f"kmeans: {lay.n_total} points for k={k} clusters; reducing k to {lay.n_total}")
+        k = lay.n_total
+    if init_centroids is not None:
+        c = prepare_points(init_centroids.to(x.device), metric)
+        if c.shape != (k, x.shape[1]):
+            raise ValueError(f"kmeans: init_centroids has shape {tuple(c.shape)}, expected {(k, x.shape[1])}")
+    else:
+        c = _init_centroids(x, k, init, generator, lay, init_candidates)
+    c, label, history, n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes)
+    if n_empty:
+        warnings.warn(f"kmeans: {n_empty} of {k} clusters stayed empty (duplicate points?)")
+    d = _distance_to_own(x, None, c, label, _chunk_rows(x.shape[1], mem_bytes))
+    inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
+    return KMeansResult(c, label, d, inertia, history)
+
+
+# ----------------------------------------------------------------------------- segment helpers
+
+def rank_in_segment(segment: torch.Tensor, key: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Rank of every element inside its segment when the segment is ordered by ascending key (ties: position).
+    Two stable sorts give the (segment, key) order; the rank is the position minus the segment's start."""
+    order = torch.argsort(key, stable=True)
+    order = order[torch.argsort(segment[order], stable=True)]
+    counts = torch.bincount(segment, minlength=n_segments)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - start[segment[order]]
+    return rank
+
+
+# ----------------------------------------------------------------------------- hierarchical k-means
+
+@dataclass
+class Hierarchy:
+    centroids: list  # per level, finest first: [k_l, d] float32
+    parents: list    # parents[l][j]: cluster of level l+1 that level-l cluster j belongs to (int64, CPU)
+    metric: str
+
+    @property
+    def k(self) -> list:
+        return [len(c) for c in self.centroids]
+
+
+def _resample_union(label, dist, k, size, rule, generator, lay):
+    """Sorted global indices of `size` points per cluster: the closest to the centroid or random ones."""
+    label, dist = all_gather_rows(label, lay.on).cpu(), all_gather_rows(dist, lay.on).cpu()
+    key = dist.double() if rule == "closest" else torch.rand(len(label), generator=generator, dtype=torch.float64)
+    return (rank_in_segment(label, key, k) < size).nonzero().squeeze(1)
+
+
+def _kmeans_resampled(x, k, steps, size, rule, lay, **kw) -> KMeansResult:
+    res = _kmeans(x, k, distributed=lay.on, **kw)
+    for _ in range(steps):
+        k = len(res.centroids)  # may have been reduced
+        take = size or max(1, round(lay.n_total / (2 * k)))  # Vo et al.: about half the mean cluster size
+        union = _resample_union(res.assignments, res.distances, k, take, rule, kw["generator"], lay)
+        sub = _kmeans(x[owned_rows(union.to(x.device), lay, len(x))], k, distributed=lay.on, **kw)
+        label, d = assign_prepared(x, sub.centroids, kw["mem_bytes"])  # every point to the new centroids
+        inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
+        res = KMeansResult(sub.centroids, label, d, inertia, sub.history)
+    return res
+
+
+def fit_hierarchy(x: torch.Tensor, levels, *, generator: torch.Generator, n_iter: int = 20, resample_steps=1,
+                  sample_size=None, sample_rule: str = "closest", metric: str = "cosine", init: str = "kmeans++",
+                  init_candidates=None, mem_bytes: int = DEFAULT_MEM_BYTES, distributed=None) -> Hierarchy:
+    """Hierarchical k-means with resampling (Vo et al. 2024). levels: clusters per level, finest first;
+    resample_steps / sample_size: one value or one per level (sample_size None: half the mean cluster size)."""
+    check_features(x, "fit_hierarchy input", distributed)
+    return fit_prepared_hierarchy(prepare_points(x, metric), levels, generator=generator, n_iter=n_iter,
+                          resample_steps=resample_steps, sample_size=sample_size, sample_rule=sample_rule,
+                          metric=metric, init=init, init_candidates=init_candidates, mem_bytes=mem_bytes,
+                          distributed=distributed)
+
+
+def fit_prepared_hierarchy(points, levels, *, resample_steps, sample_size, sample_rule, distributed, **kw) -> Hierarchy:
+    """fit_hierarchy() on already prepared points."""
+    levels = [int(k) for k in (levels if isinstance(levels, (list, tuple)) else [levels])]
+    if not levels or min(levels) < 1:
+        raise ValueError(f"levels must be a non-empty list of cluster counts >= 1, got {levels}")
+    if sample_rule not in ("closest", "random"):
+        raise ValueError(f"sample_rule must be 'closest' or 'random', got {sample_rule!r}")
+    steps = _per_level(resample_steps, len(levels), "resample_steps")
+    sizes = _per_level(sample_size, len(levels), "sample_size")
+    on = _distributed(distributed)
+    centroids, parents = [], []
+    for level, k in enumerate(levels):
+        # level 1 is spread over the ranks; higher levels cluster centroids every rank holds identically
+        lay = layout(len(points), points.device, on and level == 0)
+        res = _kmeans_resampled(points, k, steps[level], sizes[level], sample_rule, lay, **kw)
+        if level > 0:
+            parents.append(res.assignments.cpu())
+        centroids.append(res.centroids)
+        points = res.centroids
+    return Hierarchy(centroids, parents, kw["metric"])

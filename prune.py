@@ -1,0 +1,325 @@
+"""Stage 3: cluster-balanced dynamic dataset pruning (Kerdreux et al. 2025 with Vo et al. 2024), and the
+offline curation CLI.
+
+What it does (../shared/docs/METHOD.md): a curation embeds a uniform random pool P of the archive with the
+*current* teacher backbone (CLS token / pooled features, one centre view, no augmentation), fits hierarchical
+k-means on a subsample of P (kmeans.py, with Vo et al.'s resampling steps), assigns every pool image to its leaf
+cluster, and keeps exactly ceil(rho * N) images: top-down water-filling over the hierarchy (each node gives every
+child min(t, size) with t the largest cap that fits, the remainder one by one to random larger children), then
+inside each leaf n images drawn without replacement with weights (d / mean d)**eta (Gumbel-top-k): eta = 0 is
+uniform, eta > 0 favours atypical images, eta < 0 prototypes. Every random draw comes from a generator seeded by
+(train.seed, epoch); under torchrun each rank embeds its slice of the pool, k-means sums are all-reduced, and
+every rank returns the identical sorted index list. Vectorised over clusters (segment sorts); the only Python
+loop is over hierarchy levels.
+
+Used by pretrain.py (prune.mode=static|dynamic) through `rebalance(backbone, dataset, cfg, epoch, device)`, and
+from the command line to curate any prepared dataset with any checkpoint:
+
+    python prune.py configs/demo.yaml checkpoint=runs/demo/checkpoint.pt out=runs/demo/curation
+    python prune.py configs/oceansar1.yaml checkpoint=runs/oceansar1/backbone.pt data=data/s1wv/archive
+
+The CLI writes, in `out` (default <train.out>/curation): indices.npy (the kept dataset indices, sorted),
+assignments.npy ([2, |P|]: pool dataset index, leaf cluster), diagnostics.json (cluster sizes and entropy pool vs
+kept, class histogram and top-class share, mean wind / Hs / incidence pool vs kept), clusters.png (random clusters
+as rows x random members) and cluster_sizes.png (leaf sizes before and after balancing), config.yaml.
+
+Edge cases: fewer pool images than clusters reduces k (warning); duplicates are fine; non-finite features stop
+with a ValueError naming how many rows; a target larger than the pool keeps the whole pool (warning); k = 1
+degenerates to a uniform draw.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from kmeans import (DEFAULT_MEM_BYTES, all_gather_rows, assign_prepared, check_features, fit_prepared_hierarchy,
+                    layout, make_generator, owned_rows, prepare_points, rank_in_segment)
+
+
+@dataclass
+class Clusters:
+    centroids: torch.Tensor   # [k, D] leaf centroids (CPU)
+    leaf: torch.Tensor        # [|P|] leaf cluster of every pool position (CPU, int64)
+
+
+# ----------------------------------------------------------------------------- balanced sampling
+
+def waterfill(sizes: torch.Tensor, parent: torch.Tensor, quota: torch.Tensor, generator: torch.Generator):
+    """Split each parent's quota over its children: child i gets min(t_p, size_i) with t_p the largest integer
+    with sum_i min(t_p, size_i) <= quota_p (binary search, all parents at once); the remainder goes one by one
+    to random children larger than t_p. Requires quota_p <= total size of p's children."""
+    sizes, parent, quota = sizes.long().cpu(), parent.long().cpu(), quota.long().cpu()
+    n_par = len(quota)
+
+    def filled(t):  # sum over each parent's children of min(t_parent, size)
+        return torch.zeros(n_par, dtype=torch.int64).index_add_(0, parent, torch.minimum(sizes, t[parent]))
+
+    if bool((torch.zeros(n_par, dtype=torch.int64).index_add_(0, parent, sizes) < quota).any()):
+        raise ValueError("waterfill: a quota exceeds the size of its subtree")
+    lo = torch.zeros(n_par, dtype=torch.int64)
+    hi = torch.zeros(n_par, dtype=torch.int64).scatter_reduce_(0, parent, sizes, "amax")
+    while bool((hi > lo).any()):  # invariant: filled(lo) <= quota, answer in [lo, hi]
+        mid = (lo + hi + 1) // 2
+        ok = filled(mid) <= quota
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid - 1)
+    give = torch.minimum(sizes, lo[parent])
+    rest = quota - torch.zeros(n_par, dtype=torch.int64).index_add_(0, parent, give)
+    larger = sizes > lo[parent]
+    key = torch.rand(len(sizes), generator=generator, dtype=torch.float64) + (~larger).double()  # eligible first
+    return give + (larger & (rank_in_segment(parent, key, n_par) < rest[parent])).long()
+
+
+def _eta_keys(leaf, dist, eta, k, generator):
+    """Gumbel-top-k keys: log w_i + Gumbel noise, w_i = (d_i / mean d of i's cluster)**eta."""
+    u = torch.rand(len(leaf), generator=generator, dtype=torch.float64).clamp_(1e-300, 1 - 1e-16)
+    gumbel = -torch.log(-torch.log(u))
+    if eta == 0:
+        return gumbel
+    d = dist.double()
+    mean = torch.zeros(k, dtype=torch.float64).index_add_(0, leaf, d) / torch.bincount(leaf, minlength=k).clamp_min(1)
+    ratio = torch.where(mean[leaf] > 0, d / mean[leaf], torch.ones_like(d))  # a cluster of duplicates: uniform
+    return eta * torch.log(ratio.clamp_min(1e-12)) + gumbel
+
+
+def balanced_sample(leaf, dist, target: int, *, k, parents=(), eta: float = 0.0,
+                    generator: torch.Generator) -> np.ndarray:
+    """Sorted int64 positions of `target` pool points, balanced top-down over the hierarchy (see manual).
+    leaf: leaf cluster of every pool point; dist: its distance to the leaf centroid; k: clusters per level
+    (finest first); parents: Hierarchy.parents (empty for a flat clustering)."""
+    leaf, dist = torch.as_tensor(leaf).long().cpu(), torch.as_tensor(dist).cpu()
+    k = [int(v) for v in (k if isinstance(k, (list, tuple)) else [k])]
+    if len(parents) != len(k) - 1:
+        raise ValueError(f"balanced_sample: {len(k)} levels need {len(k) - 1} parent arrays, got {len(parents)}")
+    if len(leaf) and (int(leaf.min()) < 0 or int(leaf.max()) >= k[0]):
+        raise ValueError(f"balanced_sample: leaf labels must lie in [0, {k[0]})")
+    if target < 0:
+        raise ValueError(f"balanced_sample: target must be >= 0, got {target}")
+    if target >= len(leaf):
+        if target > len(leaf):
+            warnings.warn(f"balanced_sample: target {target} exceeds the pool ({len(leaf)}); keeping the whole pool")
+        return np.arange(len(leaf), dtype=np.int64)
+    sizes = [torch.bincount(leaf, minlength=k[0])]
+    for level, par in enumerate(parents):
+        sizes.append(torch.zeros(k[level + 1], dtype=torch.int64).index_add_(0, par.long().cpu(), sizes[level]))
+    quota = waterfill(sizes[-1], torch.zeros(k[-1], dtype=torch.int64), torch.tensor([target]), generator)
+    for level in reversed(range(len(parents))):
+        quota = waterfill(sizes[level], parents[level], quota, generator)
+    rank = rank_in_segment(leaf, -_eta_keys(leaf, dist, float(eta), k[0], generator), k[0])
+    return (rank < quota[leaf]).nonzero().squeeze(1).numpy().astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def cluster_size_stats(sizes) -> dict:
+    """min / median / max cluster size, entropy of the size distribution (nats) and entropy / ln(K)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    p = sizes[sizes > 0] / max(sizes.sum(), 1.0)
+    entropy = float(-(p * np.log(p)).sum())
+    return {"k": int(len(sizes)), "min": int(sizes.min()), "median": float(np.median(sizes)),
+            "max": int(sizes.max()), "entropy": entropy,
+            "entropy_norm": entropy / math.log(len(sizes)) if len(sizes) > 1 else 1.0}
+
+
+def _nanmean(v):
+    v = np.asarray(v, dtype=np.float64)
+    ok = np.isfinite(v)
+    return float(v[ok].mean()) if ok.any() else None
+
+
+def diagnostics(leaf, kept, n_clusters: int, labels=None, meta=None, columns=("wind", "hs", "incidence")) -> dict:
+    """Pool vs kept: leaf-cluster sizes, class histogram (labels: int, -1 unknown) and NaN-aware metadata means.
+    leaf, labels and meta columns are indexed by pool position, kept holds pool positions."""
+    leaf, kept = np.asarray(leaf, dtype=np.int64), np.asarray(kept, dtype=np.int64)
+    out = {"n_pool": int(len(leaf)), "n_kept": int(len(kept)),
+           "clusters_pool": cluster_size_stats(np.bincount(leaf, minlength=n_clusters)),
+           "clusters_kept": cluster_size_stats(np.bincount(leaf[kept], minlength=n_clusters))}
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        n_cls = int(labels.max(initial=-1)) + 1
+        classes = {}
+        for name, lab in (("pool", labels), ("kept", labels[kept])):
+            hist = np.bincount(lab[lab >= 0], minlength=n_cls)
+            classes[name] = hist.tolist()
+            classes[f"top_share_{name}"] = float(hist.max() / hist.sum()) if hist.sum() else None
+            classes[f"unknown_{name}"] = float((lab < 0).mean()) if len(lab) else None
+        out["classes"] = classes
+    if meta is not None:
+        out["meta"] = {col: {"pool": _nanmean(meta[col]), "kept": _nanmean(np.asarray(meta[col])[kept])}
+                       for col in columns if col in meta}
+    return out
+
+
+# ----------------------------------------------------------------------------- the whole curation
+
+def curate(features: torch.Tensor, target: int, *, levels, generator: torch.Generator, eta: float = 0.0,
+           kmeans_sample=None, n_iter: int = 20, resample_steps=1, sample_size=None, sample_rule: str = "closest",
+           metric: str = "cosine", init: str = "kmeans++", init_candidates=None,
+           mem_bytes: int = DEFAULT_MEM_BYTES, labels=None, meta=None, distributed=None):
+    """Fit the hierarchy on a random `kmeans_sample` of the pool (None: all), assign the whole pool to leaves,
+    draw `target` points. features: this rank's contiguous block of the pool. Returns (sorted int64 pool
+    positions, identical on every rank; diagnostics dict; Clusters: leaf centroids and the pool's leaf labels).
+    labels / meta: whole-pool arrays for diagnostics."""
+    check_features(features, "curate features", distributed)
+    x = prepare_points(features, metric)
+    lay = layout(len(x), x.device, distributed)
+    fit = x
+    if kmeans_sample is not None and kmeans_sample < lay.n_total:
+        chosen = torch.randperm(lay.n_total, generator=generator)[:kmeans_sample].sort().values
+        fit = x[owned_rows(chosen.to(x.device), lay, len(x))]
+    hier = fit_prepared_hierarchy(fit, levels, generator=generator, n_iter=n_iter, resample_steps=resample_steps,
+                          sample_size=sample_size, sample_rule=sample_rule, metric=metric, init=init,
+                          init_candidates=init_candidates, mem_bytes=mem_bytes, distributed=lay.on)
+    leaf, d = assign_prepared(x, hier.centroids[0], mem_bytes)
+    leaf, d = all_gather_rows(leaf, lay.on).cpu(), all_gather_rows(d, lay.on).cpu()
+    kept = balanced_sample(leaf, d, target, k=hier.k, parents=hier.parents, eta=eta, generator=generator)
+    info = diagnostics(leaf.numpy(), kept, hier.k[0], labels, meta)
+    info["levels"] = hier.k
+    info["fit_points"] = min(lay.n_total, kmeans_sample or lay.n_total)
+    return kept, info, Clusters(hier.centroids[0].cpu(), leaf)
+
+
+# ----------------------------------------------------------------------------- with a model: pretrain.py and the CLI
+
+def embed_pool(backbone, dataset, pool, batch_size, device):
+    """CLS (ViT) or pooled (ResNet) features of the images at `pool`, this rank's contiguous block of it.
+
+    One centre view (the whole imagette, no augmentation), inference mode, bf16 autocast on CUDA only."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    mine = np.array_split(pool, world)[rank]
+    was_training = backbone.training
+    backbone.eval()
+    feats = []
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            for start in tqdm(range(0, len(mine), batch_size), desc="embed pool", disable=rank != 0, leave=False):
+                x = torch.from_numpy(dataset.read_batch(mine[start:start + batch_size])).to(device)
+                feats.append(backbone(x).float())
+    finally:
+        backbone.train(was_training)
+    dim = backbone.embed_dim
+    return torch.cat(feats) if feats else torch.empty(0, dim, device=device)
+
+
+def rebalance(backbone, dataset, cfg, epoch, device):
+    """Re-curate the training set with the model's own features: embed a uniform random pool of the archive
+    with `backbone`, cluster it hierarchically, draw a cluster-balanced ceil(rho * N) subset.
+
+    Returns (indices, diagnostics, pool, clusters): the kept dataset indices (sorted int64, identical on every
+    rank), a JSON-ready diagnostics dict for the log, the pool's dataset indices and its Clusters."""
+    p = cfg["prune"]
+    device = torch.device(device)
+    n = len(dataset)
+    g = make_generator(cfg["train"]["seed"], epoch)
+    pool = np.arange(n)
+    if p["pool_size"] is not None and p["pool_size"] < n:
+        pool = np.sort(torch.randperm(n, generator=g)[:p["pool_size"]].numpy())
+    start = time.perf_counter()
+    features = embed_pool(backbone, dataset, pool, p["batch_size"], device)
+    embed_s = time.perf_counter() - start
+    meta = {col: dataset.meta[col][pool] for col in ("wind", "hs", "incidence") if col in dataset.meta}
+    kept, info, clusters = curate(features, math.ceil(p["rho"] * n), levels=p["levels"], generator=g,
+                                  eta=p["eta"], kmeans_sample=p["kmeans_sample"], n_iter=p["iters"],
+                                  resample_steps=p["resample_steps"], sample_size=p["resample_size"],
+                                  sample_rule=p["resample_rule"], metric=p["metric"], init=p["init"],
+                                  mem_bytes=p["memory_mb"] << 20, labels=dataset.meta["class_idx"][pool], meta=meta)
+    info.update(epoch=epoch, embed_s=embed_s, cluster_s=time.perf_counter() - start - embed_s)
+    return np.sort(pool[kept]).astype(np.int64), info, pool, clusters
+
+
+# ----------------------------------------------------------------------------- the offline curation CLI
+
+def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, per_row=10):
+    """clusters.png: random clusters (rows) x random members; cluster_sizes.png: sizes before/after balancing."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(leaf, minlength=n_clusters)
+    chosen = np.sort(rng.choice(np.flatnonzero(sizes > 0), size=min(rows, int((sizes > 0).sum())), replace=False))
+    fig, axes = plt.subplots(len(chosen), per_row, figsize=(1.4 * per_row, 1.5 * len(chosen)), squeeze=False)
+    for r, c in enumerate(chosen):
+        members = np.flatnonzero(leaf == c)
+        pick = np.sort(rng.choice(members, size=min(per_row, len(members)), replace=False))
+        images = dataset.read_batch(pool[pick], raw=True)[:, 0]
+        for j, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if j < len(images):
+                lo, hi = np.percentile(images[j], [2, 98])
+                ax.imshow(images[j], cmap="gray", vmin=lo, vmax=hi)
+        axes[r][0].set_title(f"cluster {c}: {sizes[c]} images, {int(np.isin(members, kept).sum())} kept",
+                             fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "clusters.png"), dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    order = np.argsort(-sizes)
+    ax.bar(np.arange(n_clusters), sizes[order], width=1.0, color="0.7", label="pool")
+    ax.bar(np.arange(n_clusters), np.bincount(leaf[kept], minlength=n_clusters)[order], width=1.0,
+           color="tab:blue", label="kept (balanced)")
+    ax.set_xlabel("leaf cluster, largest first")
+    ax.set_ylabel("images")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "cluster_sizes.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    import config
+    import evaluate
+    import shards
+    cfg = config.load_or_exit(argv, stage="prune")
+    config.show(cfg, ["prune"])
+    p = cfg["prune"]
+    data = p["data"] or cfg["train"]["data"]
+    out = p["out"] or os.path.join(cfg["train"]["out"], "curation")
+    if not p["checkpoint"]:
+        print("error: config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt or "
+              "backbone.pt>", file=sys.stderr)
+        sys.exit(2)
+    try:
+        dataset = shards.ShardDataset(data)
+        backbone, _ = evaluate.load_backbone(p["checkpoint"], cfg)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone.to(device)
+    indices, info, pool, clusters = rebalance(backbone, dataset, cfg, epoch=0, device=device)
+    os.makedirs(out, exist_ok=True)
+    leaf = clusters.leaf.numpy()
+    np.save(os.path.join(out, "indices.npy"), indices)
+    np.save(os.path.join(out, "assignments.npy"), np.stack([pool, leaf]))
+    with open(os.path.join(out, "diagnostics.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    kept = np.flatnonzero(np.isin(pool, indices))
+    cluster_pictures(dataset, pool, leaf, kept, info["clusters_pool"]["k"], out, cfg["train"]["seed"])
+    config.save(cfg, out)
+    print(curation_line(info))
+    print(f"wrote {out}/: indices.npy ({len(indices)} of {len(dataset)}), assignments.npy, diagnostics.json, "
+          f"clusters.png, cluster_sizes.png")
+
+
+def curation_line(info):
+    """One line: how much a curation flattened the archive's heavy tail."""
+    pool, kept = info["clusters_pool"], info["clusters_kept"]
+    line = (f"curated {info['n_kept']} of {info['n_pool']} images over {pool['k']} clusters (sizes "
+            f"{pool['min']}-{pool['max']} -> {kept['min']}-{kept['max']}) in {info['embed_s'] + info['cluster_s']:.1f} s")
+    classes = info.get("classes") or {}
+    if classes.get("top_share_pool") is not None:
+        line += f"; top-class share {classes['top_share_pool']:.0%} -> {classes['top_share_kept']:.0%}"
+    return line
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,60 @@
+"""torchrun worker for tests/test_prune.py: distributed k-means and curation must equal the single-process run.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_kmeans_worker.py OUT_DIR
+
+Every rank builds the same points, keeps its own contiguous block (blocks of unequal size on purpose), runs
+`work` and writes OUT_DIR/rank<r>.npz. The test calls `work` on all the points in one process and compares.
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import kmeans  # noqa: E402
+import prune  # noqa: E402
+
+
+def make_points(n=900, d=12, seed=3):
+    """Heavy-tailed blobs: a few big modes and many small ones."""
+    rng = np.random.default_rng(seed)
+    sizes = np.maximum(3, (n * 0.5 ** np.arange(1, 10)).astype(int))
+    centres = rng.normal(0, 4, (len(sizes), d))
+    x = np.concatenate([c + rng.normal(0, 1, (s, d)) for c, s in zip(centres, sizes)])
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def block(n, world, rank):
+    """Contiguous block of rank `rank`; rank r gets a share proportional to r + 1."""
+    edges = np.round(n * np.cumsum([0] + [r + 1 for r in range(world)]) / sum(r + 1 for r in range(world)))
+    return int(edges[rank]), int(edges[rank + 1])
+
+
+def work(x_local):
+    kmeans.GROUP_SIZE, before = 3, kmeans.GROUP_SIZE  # small Yinyang groups, so that the group search runs too
+    try:
+        return _work(x_local)
+    finally:
+        kmeans.GROUP_SIZE = before
+
+
+def _work(x_local):
+    res = kmeans.kmeans(x_local, 7, generator=kmeans.make_generator(11, 0), n_iter=15, metric="l2",
+                       init_candidates=200, mem_bytes=20_000)
+    kept, info, _ = prune.curate(x_local, 120, levels=[10, 3], generator=kmeans.make_generator(11, 1),
+                              kmeans_sample=500, resample_steps=1, eta=1.0, mem_bytes=20_000)
+    return {"centroids": res.centroids.numpy(), "inertia": np.float64(res.inertia),
+            "assignments": kmeans.all_gather_rows(res.assignments).numpy(), "kept": kept}
+
+
+if __name__ == "__main__":
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    points = make_points()
+    lo, hi = block(len(points), world, rank)
+    np.savez(os.path.join(sys.argv[1], f"rank{rank}.npz"), **work(points[lo:hi]))
+    dist.destroy_process_group()

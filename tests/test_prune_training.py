@@ -1,0 +1,123 @@
+"""prune.py inside pretrain.py: static and dynamic curation on a heavy-tailed labelled archive, the pruner
+state across a resume, 2-rank torchrun, and the offline curation CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import config
+import pretrain
+import shards
+import synthetic
+from test_pretrain import ENV, ROOT, read_log, state_hash
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A tiny synthetic archive with the heavy-tailed default prior (true classes stored for diagnostics)."""
+    folder = tmp_path_factory.mktemp("prune") / "archive"
+    writer = shards.ShardWriter(str(folder), 32, 200.0, 100)
+    for k in range(3):
+        images, meta = synthetic.generate(100 * k, 100, image_size=32, pixel_spacing=200.0, seed=5)
+        writer.write(k, images, shards.standard_meta(100, **meta))
+    writer.finalize(3)
+    return str(folder)
+
+
+def write_config(tmp_path, data, out, **overrides):
+    """vit_nano on 32 px, 6 epochs of 4 iterations at batch 16 (rho 0.2 of 300 images)."""
+    cfg = {"model": {"arch": "vit_nano", "patch_size": 8, "drop_path": 0.0, "out_dim": 128,
+                     "head_hidden_dim": 32, "head_bottleneck_dim": 16},
+           "train": {"data": data, "out": str(out), "epochs": 6, "batch_size_per_gpu": 16, "warmup_epochs": 1,
+                     "warmup_teacher_temp_epochs": 1, "global_crops_size": 32, "local_crops_number": 2,
+                     "local_crops_size": 16, "log_every": 4, "device": "cpu"},
+           "prune": {"mode": "dynamic", "rho": 0.2, "warmup_epochs": 2, "every": 2, "levels": [12, 3],
+                     "iters": 5, "batch_size": 64}}
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        cfg[section][key] = value
+    path = tmp_path / f"{os.path.basename(str(out))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def curations(out):
+    return {r["epoch"]: r["curation"] for r in read_log(out) if r.get("event") == "epoch" and "curation" in r}
+
+
+def test_dynamic_mode_recurates_every_T_s_and_rebalances(tmp_path, archive):
+    cfg = config.load([write_config(tmp_path, archive, tmp_path / "dyn")])
+    torch.set_num_threads(1)
+    result = pretrain.train(cfg)
+    done = curations(cfg["train"]["out"])
+    assert sorted(done) == [2, 4]  # after T_w = 2 warm-up epochs, every T_s = 2 epochs
+    for info in done.values():
+        assert info["n_pool"] == 300 and info["n_kept"] == 60  # exactly ceil(rho * N)
+        assert info["clusters_kept"]["max"] < info["clusters_pool"]["max"]
+        assert info["clusters_kept"]["entropy_norm"] > info["clusters_pool"]["entropy_norm"]
+        assert set(info["meta"]) == {"wind", "hs", "incidence"}
+        assert info["classes"]["top_share_kept"] < info["classes"]["top_share_pool"]
+    ck = torch.load(os.path.join(cfg["train"]["out"], "checkpoint.pt"), weights_only=True)
+    state = ck["pruner_state"]
+    assert state["epoch"] == 4 and state["centroids"].shape == (12, 96)
+    assert torch.equal(state["indices"], result["pruner_state"]["indices"])
+
+
+def test_static_mode_curates_once_and_none_never(tmp_path, archive):
+    torch.set_num_threads(1)
+    static = config.load([write_config(tmp_path, archive, tmp_path / "static", prune__mode="static")])
+    pretrain.train(static)
+    assert sorted(curations(static["train"]["out"])) == [2]
+    none = config.load([write_config(tmp_path, archive, tmp_path / "none", prune__mode="none",
+                                     train__epochs=3)])
+    pretrain.train(none)
+    assert curations(none["train"]["out"]) == {}
+
+
+def test_resume_continues_the_same_curation(tmp_path, archive):
+    """Stopped after the first curation and resumed, a dynamic run ends with the uninterrupted run's weights."""
+    torch.set_num_threads(1)
+    whole = pretrain.train(config.load([write_config(tmp_path, archive, tmp_path / "whole")]))
+    path = write_config(tmp_path, archive, tmp_path / "parts")
+    pretrain.train(config.load([path, "train.max_iters=14"]))  # stops mid epoch 3, after the epoch-2 curation
+    resumed = pretrain.train(config.load([path]))
+    assert state_hash(resumed["teacher"].state_dict()) == state_hash(whole["teacher"].state_dict())
+    assert torch.equal(resumed["pruner_state"]["indices"], whole["pruner_state"]["indices"])
+
+
+def test_two_rank_torchrun_curates_identically(tmp_path, archive):
+    out = tmp_path / "ddp"
+    cfg = write_config(tmp_path, archive, out, train__epochs=3, train__batch_size_per_gpu=8)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "dist_pretrain_check.py"), cfg]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (np.load(out / f"pruned_rank{r}.npy") for r in range(2))
+    assert np.array_equal(a, b) and len(a) == 60 and np.all(np.diff(a) > 0)
+    assert (out / "teacher_rank0.sha256").read_text() == (out / "teacher_rank1.sha256").read_text()
+    assert sorted(curations(str(out))) == [2]
+
+
+def test_curation_cli_writes_indices_diagnostics_and_pictures(tmp_path, archive):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path, archive, out, train__epochs=1)
+    assert subprocess.run([sys.executable, "pretrain.py", cfg], env=ENV, capture_output=True).returncode == 0
+    cur = tmp_path / "curation"
+    r = subprocess.run([sys.executable, "prune.py", cfg, f"checkpoint={out / 'checkpoint.pt'}", f"out={cur}",
+                        "levels=[10,2]"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    indices = np.load(cur / "indices.npy")
+    pool, leaf = np.load(cur / "assignments.npy")
+    assert len(indices) == 60 and np.array_equal(pool, np.arange(300)) and leaf.max() < 10
+    info = json.load(open(cur / "diagnostics.json"))
+    assert info["n_kept"] == 60 and "classes" in info and "top-class share" in r.stdout
+    for picture in ("clusters.png", "cluster_sizes.png"):
+        assert (cur / picture).stat().st_size > 5000
+    # No checkpoint: one line, exit code 2.
+    r = subprocess.run([sys.executable, "prune.py", cfg], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and "prune.checkpoint" in r.stderr and "Traceback" not in r.stderr
