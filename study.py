@@ -20,12 +20,13 @@ Variants (all at equal compute: every run does the same number of iterations of 
     static    clustered once after the warm-up, that subset kept to the end
     dynamic   re-clustered every prune.every epochs after the warm-up (the paper's method)
     rho0.1, rho0.5   dynamic with another kept fraction; an epoch is ceil(rho*N/batch) iterations, so the
-              number of epochs (and the warm-up, curation period and teacher warm-up, all in epochs) is scaled by
-              rho_base/rho to keep the total iterations equal
+              number of epochs is set to keep the total iterations as equal as whole epochs allow, and the
+              warm-up, curation period and teacher warm-up (all in epochs) are scaled with it
     eta-1, eta1      dynamic with within-cluster sampling favouring prototypes (-1) or atypical points (+1)
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -73,13 +74,21 @@ def variant_overrides(name, cfg):
                                  f"known: {', '.join(VARIANTS)}")
     over = dict(VARIANTS[name])
     rho = over.get("prune.rho", cfg["prune"]["rho"])
-    factor = cfg["prune"]["rho"] / rho
-    if factor != 1:
-        for key in ("train.epochs", "train.warmup_epochs", "train.warmup_teacher_temp_epochs",
-                    "prune.warmup_epochs", "prune.every", "train.freeze_last_layer"):
+    if rho != cfg["prune"]["rho"]:
+        n = cfg["data"]["num_samples"] if cfg["data"]["source"] == "synthetic" else None
+        if n is None:
+            raise config.ConfigError("config key 'study.variants': the rho sweep needs data.source=synthetic "
+                                     "(the archive size sets the epoch length)")
+        batch = cfg["train"]["batch_size_per_gpu"]
+        ipe = lambda r: math.ceil(math.ceil(r * n) / batch)  # noqa: E731  iterations per epoch (METHOD.md)
+        total = cfg["train"]["epochs"] * ipe(cfg["prune"]["rho"])
+        epochs = max(1, round(total / ipe(rho)))
+        factor = epochs / cfg["train"]["epochs"]
+        over["train.epochs"] = epochs
+        for key in ("train.warmup_epochs", "train.warmup_teacher_temp_epochs", "prune.warmup_epochs",
+                    "prune.every", "train.freeze_last_layer"):
             section, k = key.split(".")
-            over[key] = max(1 if key in ("train.epochs", "prune.every") else 0,
-                            int(round(cfg[section][k] * factor)))
+            over[key] = max(1 if key == "prune.every" else 0, int(round(cfg[section][k] * factor)))
     return over
 
 

@@ -1,5 +1,6 @@
 """Benchmark kmeans.kmeans against faiss-cpu and scikit-learn KMeans: same data, same initial centroids, same
-number of Lloyd iterations, on this machine's CPU (torch's default thread count, the same for all three).
+number of Lloyd iterations, on this machine's CPU (torch's default thread count, the same for all three; with
+--repeats the libraries take turns and the best run of each is compared, which damps load from elsewhere).
 
     pip install faiss-cpu scikit-learn        # benchmark only: prune.py and the tests never import them
     python benchmarks/bench_kmeans.py                         # N=200k, d=384, k=1000, 20 iterations
@@ -11,6 +12,9 @@ separately) and are handed to all three. Each library's final centroids are scor
 (squared Euclidean distance of every point to its nearest centroid, float64 sum), so the inertia ratio compares
 solutions, not bookkeeping conventions. kmeans.kmeans performs one extra assignment after the last update (its
 returned labels match its centroids); that is included in its time.
+
+On a shared machine OpenMP's default spin-waiting slows every library down, and the bounded Lloyd (many
+smaller parallel regions) most: run with OMP_WAIT_POLICY=PASSIVE, or --threads 1, to compare the algorithms.
 """
 
 import argparse
@@ -24,7 +28,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kmeans
-import prune  # noqa: E402
 
 
 def make_data(kind, n, d, k, seed):

@@ -71,3 +71,8 @@ def test_shipped_configs_are_valid():
     import glob
     for path in glob.glob("configs/*.yaml"):
         config.load([path])
+
+
+def test_readme_reference_table_matches_the_schema():
+    """The README's config reference is generated from SCHEMA: regenerate it when a key changes."""
+    assert config.markdown_table() in open("README.md").read()

@@ -213,11 +213,11 @@ def test_epoch_subsets_and_rank_batches(data_dir):
     cfg = config.defaults()
     cfg["prune"]["rho"] = 0.5
     ds = shards.ShardDataset(data_dir)
-    a, state = pretrain.epoch_indices(0, ds, cfg, {})
-    b, _ = pretrain.epoch_indices(0, ds, cfg, {})
-    c, _ = pretrain.epoch_indices(1, ds, cfg, {})
+    a, state, curation = pretrain.epoch_indices(0, ds, cfg, {})  # a warm-up epoch: uniform random
+    b, _, _ = pretrain.epoch_indices(0, ds, cfg, {})
+    c, _, _ = pretrain.epoch_indices(1, ds, cfg, {})
     assert len(a) == 24 and len(np.unique(a)) == 24 and np.array_equal(a, b) and not np.array_equal(a, c)
-    assert state == {} and np.all(np.diff(a) > 0)
+    assert state == {} and curation is None and np.all(np.diff(a) > 0)
     # 2 ranks x batch 4 x 3 iterations = 24: each index exactly once over the ranks, same step count per rank.
     per_rank = [pretrain.rank_batches(a, 0, 0, 3, 4, r, 2) for r in range(2)]
     assert all(p.shape == (3, 4) for p in per_rank)

@@ -1,6 +1,5 @@
 """The shard format: what is written is read back, and every kind of damage gives a clear error."""
 import json
-import os
 
 import numpy as np
 import pytest
