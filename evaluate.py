@@ -37,18 +37,13 @@ recall: what the rare TenGeoP classes weigh) and macro-F1 of the linear probe, t
 something next to random_init (what the architecture and probe get for free) and physics (what classical
 hand-crafted SAR statistics get). report.json adds per-class recall, confusions, bias, R² and n.
 
-Library (torch, on the device of the inputs; see each docstring): fit_logistic / fit_ridge (λ by validation),
-knn_classify / knn_regress, classification_metrics / regression_metrics, classification_probes /
-regression_probes (train, val, test pairs), physics_features (PHYSICS_FEATURES: mean_db, std_db, normalised
-variance, spectral peak wavelength, energy fractions in wavelength bands, incidence; unknown incidence gets
-the dataset median), extract_features(dataset, rows, {name: backbone}, device, physics=True), load_backbone,
-run_evaluation(cfg), and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", ...},
-which pretrain.py calls every train.eval_every epochs. Unknown labels (class < 0, NaN target) never enter
-a fit or a metric. Balanced accuracy = mean recall over the classes present; bias = mean(pred − true).
+The probes and the physics features live in probes.py. Here: load_backbone (checkpoint.pt, backbone.pt or
+external weights), extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
+and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", ...}, which pretrain.py calls
+every train.eval_every epochs.
 """
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -58,421 +53,12 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import config
 import model as models
+import probes
 import shards
-
-LOGISTIC_GRID = tuple(10.0 ** e for e in torch.linspace(-6, 0, 13).tolist())
-RIDGE_GRID = tuple(10.0 ** e for e in torch.linspace(-6, 3, 19).tolist())
-BAND_EDGES_M = (0.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 4000.0, math.inf)
-PEAK_MAX_M = 1600.0
-PHYSICS_FEATURES = tuple(["mean_db", "std_db", "nv", "peak_wl_m"]
-                         + [f"band_{int(a)}_{'inf' if math.isinf(b) else int(b)}"
-                            for a, b in zip(BAND_EDGES_M, BAND_EDGES_M[1:])]
-                         + ["incidence"])
-
-
-# ----------------------------------------------------------------------------------------------- input checks
-
-def _as_features(X, name, dtype=torch.float32):
-    X = torch.as_tensor(X)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty [n, d] feature matrix, got shape {tuple(X.shape)}")
-    X = X.to(dtype)
-    if not torch.isfinite(X).all():
-        raise ValueError(f"{name}: {int((~torch.isfinite(X)).sum())} non-finite feature values")
-    return X
-
-
-def _known_classes(X, y, n_classes, name):
-    """Features and int64 labels of the samples whose class is known (label >= 0)."""
-    X = _as_features(X, f"{name} features")
-    y = torch.as_tensor(y, device=X.device).long().reshape(-1)
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(f"{name}: {X.shape[0]} feature rows but {y.shape[0]} labels")
-    if (y >= n_classes).any():
-        raise ValueError(f"{name}: label {int(y.max())} out of range for n_classes={n_classes}")
-    keep = y >= 0
-    if not keep.any():
-        raise ValueError(f"{name}: no sample with a known class label")
-    return X[keep], y[keep]
-
-
-def _known_targets(X, y, name, dtype=torch.float32):
-    """Features and float64 targets [n, m] of the rows whose targets are all finite."""
-    X = _as_features(X, f"{name} features", dtype)
-    y = torch.as_tensor(y, device=X.device).double()
-    y2 = y.reshape(y.shape[0], -1) if y.ndim > 0 else y.reshape(1, 1)
-    if y2.shape[0] != X.shape[0]:
-        raise ValueError(f"{name}: {X.shape[0]} feature rows but {y2.shape[0]} targets")
-    keep = torch.isfinite(y2).all(1)
-    if not keep.any():
-        raise ValueError(f"{name}: no sample with a finite regression target")
-    return X[keep], y2[keep]
-
-
-def _check_probe_args(name, grid, refit):
-    if refit not in ("train", "train+val") or len(grid) == 0 or min(grid) < 0:
-        raise ValueError(f"{name}: refit must be 'train' or 'train+val' (got {refit!r}) and grid a non-empty "
-                         f"list of λ >= 0 (got {list(grid)})")
-
-
-def _single_threaded_when_small(fit, small=1 << 22):
-    """Decorator: a fit on a small CPU matrix (first argument) runs single-threaded. Its ops are too small to
-    split, and OpenMP workers spinning between thousands of tiny ops stall a shared machine (10x slower
-    measured on a busy 2-core CPU). The caller's thread count is restored afterwards."""
-    @functools.wraps(fit)
-    def wrapped(X, *args, **kwargs):
-        before, X_t = torch.get_num_threads(), torch.as_tensor(X)
-        if X_t.device.type == "cpu" and X_t.numel() < small:
-            torch.set_num_threads(1)
-        try:
-            return fit(X, *args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-    return wrapped
-
-
-def _standardisation(X):
-    """Column mean and std; a constant column (std at rounding level of its mean) gets std 1, not 1/0."""
-    mean = X.mean(0)
-    std = X.std(0, unbiased=False)
-    return mean, torch.where((std > 0) & (std > 1e-5 * mean.abs()), std, torch.ones_like(std))
-
-
-# ------------------------------------------------------------------------------------------ logistic regression
-
-class LogisticProbe:
-    """A fitted multinomial logistic regression on standardised features."""
-
-    def __init__(self, weight, bias, mean, std, lam, grid, val_accuracy, val_loss, n_evals):
-        self.weight, self.bias, self.mean, self.std = weight, bias, mean, std
-        self.lam, self.grid = lam, grid                      # chosen λ; the grid as swept (strong → weak)
-        self.val_accuracy, self.val_loss = val_accuracy, val_loss   # per grid value
-        self.n_evals = n_evals                               # loss/gradient evaluations, all fits together
-
-    def logits(self, X):
-        X = _as_features(X, "features").to(self.weight.device)
-        return ((X - self.mean) / self.std) @ self.weight + self.bias
-
-    def predict_proba(self, X):
-        return self.logits(X).softmax(1)
-
-    def predict(self, X):
-        return self.logits(X).argmax(1)
-
-
-def _lbfgs_fit(Xr, onehot, W, b, lam, curvature, max_iter, tol):
-    """Minimise mean CE + (λ/2)‖W‖² from (W, b), in place; returns the number of loss evaluations.
-
-    Xr are the standardised features rotated into the eigenbasis of their covariance (eigenvalues `curvature`);
-    a rotation leaves ‖W‖ unchanged, so the problem is the same. L-BFGS runs on U = W·sqrt(e + λ) per
-    direction: preconditioning with the ridge Hessian XᵀX/n + λI, which makes the problem well conditioned and
-    cuts the iterations about 3x. The gradient is written by hand: autograd would form Xᵀ·G with a transposed
-    operand, which MKL runs 2-3x slower than the (Gᵀ·X)ᵀ used here, and passes over X are the whole cost."""
-    scale = (curvature + lam).rsqrt()[:, None]
-    U = W / scale
-    opt = torch.optim.LBFGS([U, b], lr=1, max_iter=max_iter, history_size=20, tolerance_grad=tol,
-                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
-    n, evals = Xr.shape[0], 0
-
-    @torch.no_grad()
-    def closure():
-        nonlocal evals
-        evals += 1
-        Wc = scale * U
-        log_p = torch.addmm(b, Xr, Wc).log_softmax(1)
-        loss = -(log_p * onehot).sum() / n + 0.5 * lam * Wc.pow(2).sum()
-        dlogits = (log_p.exp() - onehot) / n                     # d mean-CE / d logits
-        U.grad = (scale * ((dlogits.T @ Xr).T + lam * Wc)).contiguous()
-        b.grad = dlogits.sum(0)
-        return loss
-
-    opt.step(closure)
-    W.copy_(scale * U)
-    return evals
-
-
-@_single_threaded_when_small
-def fit_logistic(Xtr, ytr, Xva, yva, n_classes, grid=LOGISTIC_GRID, refit="train", max_iter=200, tol=1e-5):
-    """Multinomial logistic regression, λ = argmax val accuracy (ties: lower val cross-entropy).
-
-    Minimises mean CE + (λ/2)·‖W‖² (bias free) on train-standardised features with _lbfgs_fit; the grid is
-    swept from strong to weak regularisation, each fit warm-started from the previous one (strong λ converge
-    in a few iterations and give a good start). A fit stops when the largest preconditioned gradient entry is
-    below `tol` or after `max_iter` iterations. refit="train" keeps the train fit (val only selects);
-    "train+val" refits on both with the chosen λ and the train statistics."""
-    _check_probe_args("fit_logistic", grid, refit)
-    Xtr, ytr = _known_classes(Xtr, ytr, n_classes, "logistic train")
-    Xva, yva = _known_classes(Xva, yva, n_classes, "logistic val")
-    if Xva.shape[1] != Xtr.shape[1]:
-        raise ValueError(f"fit_logistic: train has {Xtr.shape[1]} features, val {Xva.shape[1]}")
-    Xva, yva = Xva.to(Xtr.device), yva.to(Xtr.device)
-    mean, std = _standardisation(Xtr)
-    Xtr = (Xtr - mean) / std
-    curvature, V = torch.linalg.eigh((Xtr.T @ Xtr / Xtr.shape[0]).double())
-    curvature, V = curvature.clamp_min(0).float(), V.float()
-    Xtr, Xva = Xtr @ V, ((Xva - mean) / std) @ V                  # rotated: the solver's coordinates
-    onehot = F.one_hot(ytr, n_classes).float()
-    grid = sorted((float(g) for g in grid), reverse=True)
-    W = torch.zeros(Xtr.shape[1], n_classes, device=Xtr.device)
-    b = torch.zeros(n_classes, device=Xtr.device)
-    accs, losses, fits, evals = [], [], [], 0
-    for lam in grid:                                          # warm start: each fit starts where the last ended
-        evals += _lbfgs_fit(Xtr, onehot, W, b, lam, curvature, max_iter, tol)
-        logits = Xva @ W + b
-        accs.append((logits.argmax(1) == yva).float().mean().item())
-        losses.append(F.cross_entropy(logits, yva).item())
-        fits.append((W.clone(), b.clone()))
-    best = max(range(len(grid)), key=lambda i: (accs[i], -losses[i]))
-    W_best, b_best = fits[best]
-    if refit == "train+val":
-        evals += _lbfgs_fit(torch.cat([Xtr, Xva]), torch.cat([onehot, F.one_hot(yva, n_classes).float()]),
-                            W_best, b_best, grid[best], curvature, max_iter, tol)
-    return LogisticProbe(V @ W_best, b_best, mean, std, grid[best], grid, accs, losses, evals)
-
-
-# --------------------------------------------------------------------------------------------- ridge regression
-
-class RidgeProbe:
-    """A fitted ridge regression (one λ per output) on standardised features."""
-
-    def __init__(self, weight, bias, mean, std, lam, grid, val_mse, squeeze):
-        self.weight, self.bias, self.mean, self.std = weight, bias, mean, std   # weight [d, m] float64
-        self.lam, self.grid, self.val_mse = lam, grid, val_mse   # lam [m]; val_mse [len(grid), m]
-        self.squeeze = squeeze                                   # fitted on a 1-D target: predict returns [n]
-
-    def predict(self, X):
-        X = _as_features(X, "features").to(self.weight.device).double()
-        out = ((X - self.mean) / self.std) @ self.weight + self.bias
-        return (out[:, 0] if self.squeeze else out).float()
-
-
-def _ridge_eig(Xs, Yc):
-    """Eigenbasis of the train covariance XᵀX/n and the projected cross-covariance Vᵀ XᵀY/n."""
-    n = Xs.shape[0]
-    evals, V = torch.linalg.eigh(Xs.T @ Xs / n)
-    return evals.clamp_min(0), V, V.T @ (Xs.T @ Yc / n)
-
-
-@_single_threaded_when_small
-def fit_ridge(Xtr, ytr, Xva, yva, grid=RIDGE_GRID, refit="train"):
-    """Ridge regression per output, λ = argmin val MSE (ties: the larger λ), equal to separate fits.
-
-    Minimises (1/2n)·‖Y − XW − b‖² + (λ/2)·‖W‖², i.e. W = (XᵀX/n + λI)⁻¹XᵀY/n on train-standardised X and
-    centred Y, in float64; one eigendecomposition of XᵀX/n makes every λ of the grid a diagonal rescaling."""
-    _check_probe_args("fit_ridge", grid, refit)
-    squeeze = torch.as_tensor(ytr).ndim == 1
-    Xtr, Ytr = _known_targets(Xtr, ytr, "ridge train", torch.float64)
-    Xva, Yva = _known_targets(Xva, yva, "ridge val", torch.float64)
-    if Xva.shape[1] != Xtr.shape[1] or Yva.shape[1] != Ytr.shape[1]:
-        raise ValueError(f"fit_ridge: train/val shapes differ: {tuple(Xtr.shape)}/{tuple(Ytr.shape)} vs "
-                         f"{tuple(Xva.shape)}/{tuple(Yva.shape)}")
-    Xva, Yva = Xva.to(Xtr.device), Yva.to(Xtr.device)
-    mean, std = _standardisation(Xtr)
-    Xtr_s, Xva_s = (Xtr - mean) / std, (Xva - mean) / std
-    y_mean = Ytr.mean(0)
-    evals, V, P = _ridge_eig(Xtr_s, Ytr - y_mean)
-    grid_t = torch.tensor(sorted(map(float, grid), reverse=True), dtype=torch.float64, device=Xtr.device)
-    coef = P[None] / (evals[None, :, None] + grid_t[:, None, None])        # [G, d, m] in the eigenbasis
-    pred = torch.einsum("nd,gdm->gnm", Xva_s @ V, coef) + y_mean           # [G, n_val, m]
-    val_mse = (pred - Yva[None]).pow(2).mean(1)                            # [G, m]
-    best = val_mse.argmin(0)                                               # first = largest λ on ties
-    lam = grid_t[best]
-    if refit == "train+val":
-        Xtr_s, Ytr = torch.cat([Xtr_s, Xva_s]), torch.cat([Ytr, Yva])
-        y_mean = Ytr.mean(0)
-        evals, V, P = _ridge_eig(Xtr_s, Ytr - y_mean)
-    weight = V @ (P / (evals[:, None] + lam[None]))
-    return RidgeProbe(weight, y_mean, mean, std, lam, grid_t, val_mse, squeeze)
-
-
-# -------------------------------------------------------------------------------------------------------- kNN
-
-@_single_threaded_when_small
-def knn_neighbours(train_x, query_x, k=20, temperature=0.07, max_elems=1 << 25):
-    """Indices [nq, k] of the k most cosine-similar training rows and their vote weights exp(sim/T).
-
-    The weights are scaled per query by exp(-max_sim/T) (no overflow for small T); every use of them here
-    normalises per query, so this changes nothing."""
-    train_x = F.normalize(_as_features(train_x, "kNN train features"), dim=1)
-    query_x = F.normalize(_as_features(query_x, "kNN query features"), dim=1).to(train_x.device)
-    if query_x.shape[1] != train_x.shape[1]:
-        raise ValueError(f"kNN: train has {train_x.shape[1]} features, queries {query_x.shape[1]}")
-    if temperature <= 0:
-        raise ValueError(f"kNN: temperature must be > 0, got {temperature}")
-    k = min(int(k), train_x.shape[0])
-    chunk = max(1, max_elems // train_x.shape[0])
-    sims, idx = [], []
-    for q in query_x.split(chunk):                    # bounded [chunk, n_train] similarity block
-        s, i = (q @ train_x.T).topk(k, dim=1)
-        sims.append(s)
-        idx.append(i)
-    sims, idx = torch.cat(sims), torch.cat(idx)
-    return idx, ((sims - sims[:, :1]) / temperature).exp()
-
-
-def knn_classify(train_x, train_y, query_x, n_classes, k=20, temperature=0.07, max_elems=1 << 25):
-    """Class probabilities [nq, n_classes]: normalised exp(sim/T)-weighted votes of the k nearest neighbours."""
-    train_x, train_y = _known_classes(train_x, train_y, n_classes, "kNN train")
-    idx, w = knn_neighbours(train_x, query_x, k, temperature, max_elems)
-    votes = torch.zeros(idx.shape[0], n_classes, device=w.device).scatter_add_(1, train_y[idx], w)
-    return votes / votes.sum(1, keepdim=True)
-
-
-def knn_regress(train_x, train_y, query_x, k=20, temperature=0.07, max_elems=1 << 25):
-    """exp(sim/T)-weighted mean target of the k nearest neighbours: [nq] for a 1-D target, else [nq, m]."""
-    squeeze = torch.as_tensor(train_y).ndim == 1
-    train_x, train_y = _known_targets(train_x, train_y, "kNN train")
-    idx, w = knn_neighbours(train_x, query_x, k, temperature, max_elems)
-    w = w.double()
-    out = (w[:, :, None] * train_y[idx]).sum(1) / w.sum(1, keepdim=True)
-    return (out[:, 0] if squeeze else out).float()
-
-
-# ---------------------------------------------------------------------------------------------------- metrics
-
-def classification_metrics(y_true, y_pred, n_classes):
-    """accuracy, balanced_accuracy, macro_f1 (floats), n, and confusion [true, pred] (int64 tensor)."""
-    y_true = torch.as_tensor(y_true).long().reshape(-1)
-    y_pred = torch.as_tensor(y_pred).long().reshape(-1).to(y_true.device)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"classification_metrics: {y_true.numel()} labels but {y_pred.numel()} predictions")
-    keep = y_true >= 0
-    y_true, y_pred = y_true[keep], y_pred[keep]
-    if y_true.numel() == 0:
-        raise ValueError("classification_metrics: no sample with a known class label")
-    if max(int(y_true.max()), int(y_pred.max())) >= n_classes or int(y_pred.min()) < 0:
-        raise ValueError(f"classification_metrics: a label or prediction is outside [0, {n_classes})")
-    confusion = torch.bincount(y_true * n_classes + y_pred, minlength=n_classes ** 2).reshape(n_classes, n_classes)
-    tp = confusion.diagonal().double()
-    support, predicted = confusion.sum(1).double(), confusion.sum(0).double()
-    recall = tp / support.clamp_min(1)
-    f1 = 2 * tp / (support + predicted).clamp_min(1)              # 2TP / (2TP + FP + FN); 0 when undefined
-    present = support > 0
-    return {"accuracy": (tp.sum() / support.sum()).item(),
-            "balanced_accuracy": recall[present].mean().item(),
-            "macro_f1": f1[present | (predicted > 0)].mean().item(),
-            "n": int(support.sum()),
-            "confusion": confusion}
-
-
-def regression_metrics(y_true, y_pred):
-    """rmse, bias = mean(pred − true), r2, and n over the samples with a finite true value (1-D inputs)."""
-    y_true = torch.as_tensor(y_true).double()
-    y_pred = torch.as_tensor(y_pred).double().to(y_true.device)
-    if y_true.ndim != 1 or y_true.shape != y_pred.shape:
-        raise ValueError(f"regression_metrics: expected two 1-D tensors of equal length, got "
-                         f"{tuple(y_true.shape)} and {tuple(y_pred.shape)}")
-    keep = torch.isfinite(y_true)
-    y_true, y_pred = y_true[keep], y_pred[keep]
-    if y_true.numel() == 0:
-        raise ValueError("regression_metrics: no sample with a finite target")
-    err = y_pred - y_true
-    ss_tot = (y_true - y_true.mean()).pow(2).sum()
-    return {"rmse": err.pow(2).mean().sqrt().item(),
-            "bias": err.mean().item(),
-            "r2": (1 - err.pow(2).sum() / ss_tot).item() if ss_tot > 0 else float("nan"),
-            "n": int(y_true.numel())}
-
-
-def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, **logistic_kw):
-    """Logistic probe and kNN on (X, y) pairs; returns {"linear": metrics + lam, "knn": metrics}."""
-    probe = fit_logistic(*train, *val, n_classes, **logistic_kw)
-    X, y = test
-    linear = classification_metrics(y, probe.predict(X), n_classes)
-    linear["lam"] = probe.lam
-    knn = classification_metrics(y, knn_classify(*train, X, n_classes, k, temperature).argmax(1), n_classes)
-    return {"linear": linear, "knn": knn}
-
-
-def regression_probes(train, val, test, k=20, temperature=0.07, **ridge_kw):
-    """Ridge probe and kNN regression on (X, y) pairs with a 1-D target: ({"linear", "knn"}, linear pred)."""
-    probe = fit_ridge(*train, *val, **ridge_kw)
-    X, y = test
-    pred = probe.predict(X)
-    linear = regression_metrics(y, pred)
-    linear["lam"] = probe.lam.item()
-    knn = regression_metrics(y, knn_regress(*train, X, k, temperature))
-    return {"linear": linear, "knn": knn}, pred
-
-
-# ------------------------------------------------------------------------------------------- physics baseline
-
-def _per_image(value, n, name, device):
-    """A scalar or per-image value as a float32 [n] tensor."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n or not torch.isfinite(t).all():
-        raise ValueError(f"physics_features: {name} must be finite, a scalar or one value per image ({n})")
-    return t
-
-
-def _spectral_layout(H, W, spacing, device):
-    """Per frequency bin of an H×W FFT: wavelength (m) [H·W], band one-hot [H·W, bands], peak-search mask."""
-    f = torch.sqrt(torch.fft.fftfreq(H, device=device)[:, None] ** 2
-                   + torch.fft.fftfreq(W, device=device)[None, :] ** 2).reshape(-1)    # cycles / pixel
-    wavelength = spacing / f                                                         # inf at DC
-    edges = torch.tensor(BAND_EDGES_M, device=device)
-    band = torch.bucketize(wavelength, edges, right=True) - 1
-    onehot = F.one_hot(band.clamp_max(len(BAND_EDGES_M) - 2), len(BAND_EDGES_M) - 1).float()
-    onehot[0] = 0                                                                    # DC is in no band
-    return wavelength, onehot, wavelength > PEAK_MAX_M
-
-
-def _spectral_features(x_db, layout):
-    """Peak wavelength (m) [n] and band energy fractions [n, bands] of a chunk of dB images [n, H, W]."""
-    n, H, W = x_db.shape
-    wavelength, band_onehot, peak_excluded = layout
-    window = torch.outer(torch.hann_window(H, periodic=False, device=x_db.device),
-                         torch.hann_window(W, periodic=False, device=x_db.device))
-    # remove the window-weighted mean so the windowed image has exactly zero mean (no DC leakage)
-    mean = (x_db * window).sum((1, 2), keepdim=True) / window.sum()
-    power = torch.view_as_real(torch.fft.fft2((x_db - mean) * window)).pow(2).sum(-1)     # [n, H, W]
-    bands = power.reshape(n, -1) @ band_onehot
-    fractions = bands / bands.sum(1, keepdim=True).clamp_min(1e-30)
-    # 3×3 box smoothing for the peak search, periodic like the spectrum itself
-    smooth = F.avg_pool2d(F.pad(power[:, None], (1, 1, 1, 1), mode="circular"), 3, stride=1)
-    smooth = smooth.reshape(n, -1).masked_fill(peak_excluded, -1.0)
-    return wavelength[smooth.argmax(1)], fractions
-
-
-def physics_features(images_db, pixel_spacing, incidence, chunk=256):
-    """Hand-crafted features [n, len(PHYSICS_FEATURES)] (float32) from raw dB images [n, 1, H, W].
-
-    mean_db = 10·log10 of the mean linear intensity; std_db; nv = var(I)/mean(I)² (1 for single-look speckle);
-    peak_wl_m = wavelength of the spectral maximum at <= 1600 m; band_* = energy fractions (DC excluded) in
-    wavelength bands: <100 m wind sea and speckle, 100-800 m swell, 800-4000 m wind streaks and convective
-    cells, >4000 m rain cells, fronts, low-wind areas and ice; incidence. The spectrum is the periodogram of
-    the dB image (so one bright target does not dominate) minus its mean under a 2-D Hann window; the peak is
-    searched after a 3×3 smoothing. pixel_spacing: metres, one number (square pixels, as in a shard dataset);
-    incidence: degrees, a scalar or [n]. float32, in chunks of `chunk` images, on the images' device."""
-    x = torch.as_tensor(images_db)
-    if x.ndim != 4 or x.shape[1] != 1 or x.shape[0] == 0 or min(x.shape[2:]) < 3:
-        raise ValueError(f"physics_features: expected dB images [n, 1, H, W], got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"physics_features: {int((~torch.isfinite(x)).sum())} non-finite pixel values")
-    spacing = torch.as_tensor(pixel_spacing, dtype=torch.float32)
-    if spacing.numel() != 1 or not spacing.item() > 0 or not math.isfinite(spacing.item()):
-        raise ValueError(f"physics_features: pixel_spacing must be one positive number (m), got {pixel_spacing}")
-    n, device = x.shape[0], x.device
-    inc = _per_image(incidence, n, "incidence", device)
-    layout = _spectral_layout(x.shape[2], x.shape[3], spacing.item(), device)
-    rows = []
-    for s in range(0, n, chunk):                          # chunks bound the FFT memory, vectorised inside
-        xc = x[s:s + chunk, 0].float()
-        lin = torch.exp(xc * (math.log(10) / 10))        # dB -> linear intensity
-        lin_mean = lin.mean((1, 2))
-        nv = (lin - lin_mean[:, None, None]).pow(2).mean((1, 2)) / lin_mean ** 2
-        peak, fractions = _spectral_features(xc, layout)
-        rows.append(torch.cat([torch.stack([10 * torch.log10(lin_mean), xc.std((1, 2), unbiased=False), nv, peak],
-                                           1), fractions, inc[s:s + chunk, None]], 1))
-    return torch.cat(rows)
-
 
 # -------------------------------------------------------------------------------------------------- backbones
 
@@ -557,7 +143,7 @@ def extract_features(dataset, rows, nets, device, batch_size=256, n_last_blocks=
                 for key, net in nets.items():
                     out[key].append(net.get_features(x, n_last_blocks=n_last_blocks, avgpool=avgpool).float())
             if physics:
-                out["physics"].append(physics_features(raw, dataset.pixel_spacing, inc[s:s + batch_size]))
+                out["physics"].append(probes.physics_features(raw, dataset.pixel_spacing, inc[s:s + batch_size]))
             bar.update(len(raw))
     return {key: torch.cat(parts) for key, parts in out.items()}
 
@@ -600,7 +186,7 @@ def _classification(report, feats, ds, rows, masks, e):
     names = class_names(ds.meta, int(cls.max()) + 1)
     for name, X in feats.items():
         y = cls.to(X.device)
-        res = classification_probes(*[(X[m], y[m]) for m in masks], len(names), e["knn_k"], e["knn_temperature"],
+        res = probes.classification_probes(*[(X[m], y[m]) for m in masks], len(names), e["knn_k"], e["knn_temperature"],
                                     refit=e["refit"])
         report["results"][name]["classification"] = {p: _class_entry(res[p], names) for p in ("linear", "knn")}
         print(f"classification  {name:<12s} linear acc {res['linear']['accuracy']:.3f} "
@@ -617,7 +203,7 @@ def _regression(report, feats, ds, rows, masks, e, scatter):
             continue
         for name, X in feats.items():
             y = y_all.to(X.device)
-            res, pred = regression_probes(*[(X[m], y[m]) for m in masks], e["knn_k"], e["knn_temperature"],
+            res, pred = probes.regression_probes(*[(X[m], y[m]) for m in masks], e["knn_k"], e["knn_temperature"],
                                           refit=e["refit"])
             report["results"][name][target] = {p: {k: res[p][k] for k in ("rmse", "bias", "r2", "n")}
                                                for p in ("linear", "knn")}
@@ -782,8 +368,8 @@ def knn_eval(backbone, dataset_dir, device, k=20, temperature=0.07, batch_size=2
     X = extract_features(ds, rows, {"x": backbone}, device, batch_size, images=images, progress=False)["x"]
     backbone.train(was_training)
     y, n_classes = labels.to(X.device), int(labels.max()) + 1
-    pred = knn_classify(X[:n_bank], y[:n_bank], X[n_bank:], n_classes, k, temperature).argmax(1)
-    m = classification_metrics(y[n_bank:], pred, n_classes)
+    pred = probes.knn_classify(X[:n_bank], y[:n_bank], X[n_bank:], n_classes, k, temperature).argmax(1)
+    m = probes.classification_metrics(y[n_bank:], pred, n_classes)
     return {"knn_acc": m["accuracy"], "knn_balanced_acc": m["balanced_accuracy"], "knn_macro_f1": m["macro_f1"],
             "knn_queries": m["n"]}
 

@@ -314,7 +314,8 @@ def curation_line(info):
     """One line: how much a curation flattened the archive's heavy tail."""
     pool, kept = info["clusters_pool"], info["clusters_kept"]
     line = (f"curated {info['n_kept']} of {info['n_pool']} images over {pool['k']} clusters (sizes "
-            f"{pool['min']}-{pool['max']} -> {kept['min']}-{kept['max']}) in {info['embed_s'] + info['cluster_s']:.1f} s")
+            f"{pool['min']}-{pool['max']} -> {kept['min']}-{kept['max']}) "
+            f"in {info['embed_s'] + info['cluster_s']:.1f} s")
     classes = info.get("classes") or {}
     if classes.get("top_share_pool") is not None:
         line += f"; top-class share {classes['top_share_pool']:.0%} -> {classes['top_share_kept']:.0%}"

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
+import probes  # noqa: E402
 import model as models  # noqa: E402
 import shards  # noqa: E402
 
@@ -80,30 +81,30 @@ def main():
     print(f"n={args.n} dim={args.dim} classes={args.classes} train/val/test={len(tr)}/{len(va)}/{len(te)} "
           f"device={args.device} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
 
-    probe, _ = timed(f"logistic ({len(evaluate.LOGISTIC_GRID)} λ, warm start)",
-                     lambda: evaluate.fit_logistic(X[tr], y[tr], X[va], y[va], args.classes))
-    m = evaluate.classification_metrics(y[te], probe.predict(X[te]), args.classes)
+    probe, _ = timed(f"logistic ({len(probes.LOGISTIC_GRID)} λ, warm start)",
+                     lambda: probes.fit_logistic(X[tr], y[tr], X[va], y[va], args.classes))
+    m = probes.classification_metrics(y[te], probe.predict(X[te]), args.classes)
     print(f"    λ={probe.lam:.1e} evals={probe.n_evals} test acc={m['accuracy']:.3f} "
           f"bal={m['balanced_accuracy']:.3f} F1={m['macro_f1']:.3f}")
 
-    ridge, _ = timed(f"ridge ({len(evaluate.RIDGE_GRID)} λ, 2 outputs)",
-                     lambda: evaluate.fit_ridge(X[tr], targets[tr], X[va], targets[va]))
+    ridge, _ = timed(f"ridge ({len(probes.RIDGE_GRID)} λ, 2 outputs)",
+                     lambda: probes.fit_ridge(X[tr], targets[tr], X[va], targets[va]))
     pred = ridge.predict(X[te])
     for j, name in enumerate(("wind", "hs")):
-        r = evaluate.regression_metrics(targets[te, j], pred[:, j])
+        r = probes.regression_metrics(targets[te, j], pred[:, j])
         print(f"    {name}: λ={ridge.lam[j].item():.1e} rmse={r['rmse']:.3f} bias={r['bias']:+.3f} "
               f"r2={r['r2']:.3f} n={r['n']}")
 
     probs, _ = timed(f"kNN classify ({len(te)} queries)",
-                     lambda: evaluate.knn_classify(X[tr], y[tr], X[te], args.classes))
-    m = evaluate.classification_metrics(y[te], probs.argmax(1), args.classes)
+                     lambda: probes.knn_classify(X[tr], y[tr], X[te], args.classes))
+    m = probes.classification_metrics(y[te], probs.argmax(1), args.classes)
     print(f"    test acc={m['accuracy']:.3f} bal={m['balanced_accuracy']:.3f} F1={m['macro_f1']:.3f}")
-    wind_hat, _ = timed("kNN regress (wind)", lambda: evaluate.knn_regress(X[tr], targets[tr, 0], X[te]))
-    r = evaluate.regression_metrics(targets[te, 0], wind_hat)
+    wind_hat, _ = timed("kNN regress (wind)", lambda: probes.knn_regress(X[tr], targets[tr, 0], X[te]))
+    r = probes.regression_metrics(targets[te, 0], wind_hat)
     print(f"    wind rmse={r['rmse']:.3f} r2={r['r2']:.3f}")
 
     images = torch.randn(512, 1, 256, 256, generator=g).to(args.device) - 15
-    timed("physics features (512 x 256²)", lambda: evaluate.physics_features(images, 50.0, 36.0))
+    timed("physics features (512 x 256²)", lambda: probes.physics_features(images, 50.0, 36.0))
     if args.feat_n:
         bench_extraction(args, g)
 

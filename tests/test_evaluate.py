@@ -15,6 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
 import evaluate  # noqa: E402
+import probes  # noqa: E402
 import model as models  # noqa: E402
 import shards  # noqa: E402
 
@@ -43,11 +44,11 @@ def gaussian_classes(n, dim, n_classes, separation, generator):
 def test_logistic_separable_classes_are_learnt():
     g = torch.Generator().manual_seed(0)
     X, y = gaussian_classes(900, 16, 4, 4.0, g)
-    probe = evaluate.fit_logistic(X[:500], y[:500], X[500:600], y[500:600], 4)
+    probe = probes.fit_logistic(X[:500], y[:500], X[500:600], y[500:600], 4)
     assert (probe.predict(X[600:]) == y[600:]).float().mean() >= 0.99
     proba = probe.predict_proba(X[600:])
     assert proba.shape == (300, 4) and torch.allclose(proba.sum(1), torch.ones(300))
-    assert probe.lam in probe.grid and len(probe.val_accuracy) == len(evaluate.LOGISTIC_GRID)
+    assert probe.lam in probe.grid and len(probe.val_accuracy) == len(probes.LOGISTIC_GRID)
 
 
 def test_logistic_on_noise_is_at_chance():
@@ -57,7 +58,7 @@ def test_logistic_on_noise_is_at_chance():
     n_test, C = 2000, 4
     X = torch.randn(1300 + n_test, 20, generator=g)
     y = torch.randint(0, C, (1300 + n_test,), generator=g)
-    probe = evaluate.fit_logistic(X[:1000], y[:1000], X[1000:1300], y[1000:1300], C)
+    probe = probes.fit_logistic(X[:1000], y[:1000], X[1000:1300], y[1000:1300], C)
     acc = (probe.predict(X[1300:]) == y[1300:]).float().mean().item()
     assert abs(acc - 1 / C) <= 4 * math.sqrt((1 / C) * (1 - 1 / C) / n_test)
 
@@ -67,7 +68,7 @@ def test_logistic_returns_the_regularised_optimum_of_the_chosen_lambda():
     # in the original standardised coordinates, that the returned weights are a stationary point
     g = torch.Generator().manual_seed(2)
     X, y = gaussian_classes(700, 12, 3, 0.6, g)
-    probe = evaluate.fit_logistic(X[:500], y[:500], X[500:], y[500:], 3, grid=[1e-1, 1e-2, 1e-3], tol=1e-7,
+    probe = probes.fit_logistic(X[:500], y[:500], X[500:], y[500:], 3, grid=[1e-1, 1e-2, 1e-3], tol=1e-7,
                                   max_iter=500)
     Xs = (X[:500] - X[:500].mean(0)) / X[:500].std(0, unbiased=False)
     W = probe.weight.clone().requires_grad_(True)
@@ -87,11 +88,11 @@ def test_logistic_drops_unknown_labels_and_refits_on_train_val():
     y_unknown = y.clone()
     y_unknown[::7] = -1
     keep = y_unknown >= 0
-    a = evaluate.fit_logistic(X[:400], y_unknown[:400], X[400:], y[400:], 3, grid=[1e-2, 1e-3])
-    b = evaluate.fit_logistic(X[:400][keep[:400]], y[:400][keep[:400]], X[400:], y[400:], 3, grid=[1e-2, 1e-3])
+    a = probes.fit_logistic(X[:400], y_unknown[:400], X[400:], y[400:], 3, grid=[1e-2, 1e-3])
+    b = probes.fit_logistic(X[:400][keep[:400]], y[:400][keep[:400]], X[400:], y[400:], 3, grid=[1e-2, 1e-3])
     assert torch.allclose(a.weight, b.weight, atol=1e-5)
-    c = evaluate.fit_logistic(X[:400], y[:400], X[400:], y[400:], 3, grid=[1e-2, 1e-3], refit="train+val")
-    assert not torch.allclose(c.weight, evaluate.fit_logistic(X[:400], y[:400], X[400:], y[400:], 3,
+    c = probes.fit_logistic(X[:400], y[:400], X[400:], y[400:], 3, grid=[1e-2, 1e-3], refit="train+val")
+    assert not torch.allclose(c.weight, probes.fit_logistic(X[:400], y[:400], X[400:], y[400:], 3,
                                                               grid=[1e-2, 1e-3]).weight, atol=1e-3)
 
 
@@ -117,7 +118,7 @@ def test_ridge_equals_numpy_least_squares_with_per_output_lambda():
     Y = X @ W_true + rng.normal(size=(160, 2)) * np.array([0.1, 3.0])    # one easy, one mostly noise
     grid = [10.0, 1.0, 0.1, 0.01, 1e-4]
     tr, va = slice(0, 100), slice(100, 160)
-    probe = evaluate.fit_ridge(torch.tensor(X[tr]), torch.tensor(Y[tr]), torch.tensor(X[va]),
+    probe = probes.fit_ridge(torch.tensor(X[tr]), torch.tensor(Y[tr]), torch.tensor(X[va]),
                                torch.tensor(Y[va]), grid=grid)
     for j in range(2):                                   # λ = argmin over the grid of the reference's val MSE
         mse = [np.mean((numpy_ridge(X[tr], Y[tr, j:j + 1], lam, X[va])[:, 0] - Y[va, j]) ** 2) for lam in grid]
@@ -134,7 +135,7 @@ def test_ridge_one_dimensional_target_with_nans_and_train_val_refit():
     y_nan = y.copy()
     y_nan[::5] = np.nan
     keep = np.isfinite(y_nan)
-    probe = evaluate.fit_ridge(X[:80], y_nan[:80], X[80:], y[80:], grid=[1.0, 0.1], refit="train+val")
+    probe = probes.fit_ridge(X[:80], y_nan[:80], X[80:], y[80:], grid=[1.0, 0.1], refit="train+val")
     lam = probe.lam.item()
     rows = np.concatenate([np.flatnonzero(keep[:80]), np.arange(80, 120)])
     Xtv = np.concatenate([X[:80], X[80:]])[rows]
@@ -175,20 +176,20 @@ def test_knn_equals_brute_force_reference():
     labels, targets = rng.integers(0, 3, 40), rng.normal(size=40)
     for k, T in ((5, 0.07), (40, 0.5), (1, 0.1)):
         ref = brute_force_knn(train_x, labels, query_x, k, T, n_classes=3)
-        probs = evaluate.knn_classify(torch.tensor(train_x), torch.tensor(labels), torch.tensor(query_x), 3, k, T,
+        probs = probes.knn_classify(torch.tensor(train_x), torch.tensor(labels), torch.tensor(query_x), 3, k, T,
                                       max_elems=100)           # chunks of 2 queries
         assert np.allclose(probs.numpy(), ref, atol=1e-5)
         ref = brute_force_knn(train_x, targets, query_x, k, T)
-        pred = evaluate.knn_regress(torch.tensor(train_x), torch.tensor(targets), torch.tensor(query_x), k, T)
+        pred = probes.knn_regress(torch.tensor(train_x), torch.tensor(targets), torch.tensor(query_x), k, T)
         assert np.allclose(pred.numpy(), ref, atol=1e-5)
 
 
 def test_knn_excludes_unknown_training_labels_and_survives_tiny_temperature():
     train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-    probs = evaluate.knn_classify(train_x, torch.tensor([-1, 1, 0]), torch.tensor([[1.0, 0.05]]), 2, k=2,
+    probs = probes.knn_classify(train_x, torch.tensor([-1, 1, 0]), torch.tensor([[1.0, 0.05]]), 2, k=2,
                                   temperature=1e-3)           # exp(1/1e-3) overflows without rescaling
     assert torch.isfinite(probs).all() and probs.argmax(1).item() == 1
-    pred = evaluate.knn_regress(train_x, torch.tensor([float("nan"), 2.0, 5.0]), torch.tensor([[1.0, 0.0]]), k=1)
+    pred = probes.knn_regress(train_x, torch.tensor([float("nan"), 2.0, 5.0]), torch.tensor([[1.0, 0.0]]), k=1)
     assert pred.item() == pytest.approx(2.0)
 
 
@@ -198,7 +199,7 @@ def test_classification_metrics_by_hand():
     # confusion (rows true, cols predicted), class 3 absent everywhere, one unknown label (-1) ignored:
     #   [[1, 1, 0], [1, 2, 0], [1, 0, 0]]
     # accuracy 3/6; recalls 1/2, 2/3, 0; F1 = 2TP/(2TP+FP+FN): 2/5, 4/6, 0
-    m = evaluate.classification_metrics([0, 0, 1, 1, 1, 2, -1], [0, 1, 1, 1, 0, 0, 3], 4)
+    m = probes.classification_metrics([0, 0, 1, 1, 1, 2, -1], [0, 1, 1, 1, 0, 0, 3], 4)
     assert m["accuracy"] == pytest.approx(0.5)
     assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
     assert m["macro_f1"] == pytest.approx((2 / 5 + 2 / 3 + 0) / 3)
@@ -208,7 +209,7 @@ def test_classification_metrics_by_hand():
 
 def test_regression_metrics_by_hand():
     # errors 0.5, 0, -1 (the NaN label is skipped); SS_res 1.25, SS_tot 2
-    m = evaluate.regression_metrics(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([1.5, 2.0, 2.0, 9.0]))
+    m = probes.regression_metrics(torch.tensor([1.0, 2.0, 3.0, float("nan")]), torch.tensor([1.5, 2.0, 2.0, 9.0]))
     assert m["rmse"] == pytest.approx(math.sqrt(1.25 / 3))
     assert m["bias"] == pytest.approx(-0.5 / 3)
     assert m["r2"] == pytest.approx(1 - 1.25 / 2)
@@ -220,17 +221,17 @@ def test_probe_suites_report_every_metric():
     X, y = gaussian_classes(500, 8, 3, 2.0, g)
     target = X[:, 0] * 2 + 0.1 * torch.randn(500, generator=g)
     parts = [(X[:300], y[:300]), (X[300:350], y[300:350]), (X[350:], y[350:])]
-    out = evaluate.classification_probes(*parts, 3, grid=[1e-2, 1e-3])
+    out = probes.classification_probes(*parts, 3, grid=[1e-2, 1e-3])
     assert out["linear"]["accuracy"] > 0.9 and out["knn"]["accuracy"] > 0.9 and "lam" in out["linear"]
     parts = [(X[:300], target[:300]), (X[300:350], target[300:350]), (X[350:], target[350:])]
-    out, pred = evaluate.regression_probes(*parts)
+    out, pred = probes.regression_probes(*parts)
     assert out["linear"]["r2"] > 0.99 and set(out["knn"]) == {"rmse", "bias", "r2", "n"}
-    assert evaluate.regression_metrics(target[350:], pred)["rmse"] == pytest.approx(out["linear"]["rmse"])
+    assert probes.regression_metrics(target[350:], pred)["rmse"] == pytest.approx(out["linear"]["rmse"])
 
 
 def test_small_fits_run_single_threaded_and_restore_the_thread_count():
     seen = []
-    probe = evaluate._single_threaded_when_small(lambda X: seen.append(torch.get_num_threads()))
+    probe = probes._single_threaded_when_small(lambda X: seen.append(torch.get_num_threads()))
     torch.set_num_threads(2)
     probe(torch.ones(10, 4))
     probe(torch.ones(1 << 22, 1))                     # large: the caller's threads are kept
@@ -238,14 +239,14 @@ def test_small_fits_run_single_threaded_and_restore_the_thread_count():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: evaluate.fit_logistic(torch.ones(4), [0, 1, 0, 1], torch.ones(2, 1), [0, 1], 2), "feature matrix"),
-    (lambda: evaluate.fit_logistic(torch.ones(4, 2), [0, 1, 0, 5], torch.ones(2, 2), [0, 1], 2), "out of range"),
-    (lambda: evaluate.fit_ridge(torch.full((3, 2), float("nan")), [1, 2, 3], torch.ones(2, 2), [1, 2]),
+    (lambda: probes.fit_logistic(torch.ones(4), [0, 1, 0, 1], torch.ones(2, 1), [0, 1], 2), "feature matrix"),
+    (lambda: probes.fit_logistic(torch.ones(4, 2), [0, 1, 0, 5], torch.ones(2, 2), [0, 1], 2), "out of range"),
+    (lambda: probes.fit_ridge(torch.full((3, 2), float("nan")), [1, 2, 3], torch.ones(2, 2), [1, 2]),
      "non-finite"),
-    (lambda: evaluate.fit_ridge(torch.ones(3, 2), [float("nan")] * 3, torch.ones(2, 2), [1, 2]), "finite"),
-    (lambda: evaluate.regression_metrics([1.0, 2.0], [1.0]), "equal length"),
-    (lambda: evaluate.physics_features(torch.zeros(2, 8, 8), 50.0, 30.0), "[n, 1, H, W]"),
-    (lambda: evaluate.physics_features(torch.zeros(2, 1, 8, 8), -1.0, 30.0), "pixel_spacing"),
+    (lambda: probes.fit_ridge(torch.ones(3, 2), [float("nan")] * 3, torch.ones(2, 2), [1, 2]), "finite"),
+    (lambda: probes.regression_metrics([1.0, 2.0], [1.0]), "equal length"),
+    (lambda: probes.physics_features(torch.zeros(2, 8, 8), 50.0, 30.0), "[n, 1, H, W]"),
+    (lambda: probes.physics_features(torch.zeros(2, 1, 8, 8), -1.0, 30.0), "pixel_spacing"),
 ])
 def test_bad_input_gives_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -283,8 +284,8 @@ def test_sinusoid_peak_wavelength_and_band():
     size, spacing = 128, 50.0                                  # 6.4 km: frequency bins every 1/6400 m⁻¹
     cases = [(400.0, 0.0), (6400 / 15, math.degrees(math.atan2(9, 12))), (300.0, 90.0), (250.0, 33.0)]
     images = torch.stack([sinusoid(size, spacing, wl, ang) for wl, ang in cases])[:, None]
-    feats = evaluate.physics_features(images, spacing, 36.0)
-    col = {name: i for i, name in enumerate(evaluate.PHYSICS_FEATURES)}
+    feats = probes.physics_features(images, spacing, 36.0)
+    col = {name: i for i, name in enumerate(probes.PHYSICS_FEATURES)}
     for (wl, _), row in zip(cases, feats):
         # off-grid wavelengths land on the nearest bin: error at most ~half a bin, 0.5 / (6400 / wl)
         assert row[col["peak_wl_m"]].item() == pytest.approx(wl, rel=0.5 * wl / 6400 + 0.02)
@@ -294,14 +295,14 @@ def test_sinusoid_peak_wavelength_and_band():
     assert torch.allclose(fractions.sum(1), torch.ones(len(cases)), atol=1e-5)
     assert torch.allclose(feats[:, col["incidence"]], torch.full((len(cases),), 36.0))
     # the same pixels read at half the spacing are a wave of half the wavelength
-    half = evaluate.physics_features(images[:1], spacing / 2, 36.0)
+    half = probes.physics_features(images[:1], spacing / 2, 36.0)
     assert half[0, col["peak_wl_m"]].item() == pytest.approx(200.0, rel=1e-5)
 
 
 def test_intensity_statistics_against_numpy():
     rng = np.random.default_rng(8)
     db = -14 + 10 * np.log10(rng.gamma(4.0, 1 / 4.0, size=(3, 1, 32, 48)))       # 4-look speckle
-    feats = evaluate.physics_features(torch.tensor(db, dtype=torch.float32), 50.0, [20.0, 30.0, 40.0]).numpy()
+    feats = probes.physics_features(torch.tensor(db, dtype=torch.float32), 50.0, [20.0, 30.0, 40.0]).numpy()
     lin = 10 ** (db[:, 0] / 10)
     assert np.allclose(feats[:, 0], 10 * np.log10(lin.mean((1, 2))), atol=1e-4)
     assert np.allclose(feats[:, 1], db[:, 0].std((1, 2)), atol=1e-4)
@@ -309,7 +310,7 @@ def test_intensity_statistics_against_numpy():
     assert np.allclose(feats[:, 2], 0.25, atol=0.05)                         # Gamma(L) speckle: NV = 1/L
     assert np.allclose(feats[:, -1], [20.0, 30.0, 40.0])
     # a cosine of amplitude a dB: the mean linear intensity is I0(a·ln10/10) times the base (Bessel I0)
-    wave = evaluate.physics_features(sinusoid(64, 50.0, 400.0, 0.0)[None, None], 50.0, 30.0)
+    wave = probes.physics_features(sinusoid(64, 50.0, 400.0, 0.0)[None, None], 50.0, 30.0)
     assert wave[0, 0].item() == pytest.approx(-15 + 10 * math.log10(np.i0(2 * math.log(10) / 10)), abs=1e-4)
 
 
@@ -473,7 +474,7 @@ def test_knn_eval_matches_a_direct_computation_and_caches_the_images(tiny):
         fb, fq = (backbone(torch.from_numpy(ds.read_batch(rows))) for rows in (bank, query))
         backbone.train()
     labels = torch.from_numpy(ds.meta["class_idx"].astype(np.int64))
-    ref = evaluate.classification_metrics(labels[query], evaluate.knn_classify(fb, labels[bank], fq, 3).argmax(1), 3)
+    ref = probes.classification_metrics(labels[query], probes.knn_classify(fb, labels[bank], fq, 3).argmax(1), 3)
     assert result["knn_acc"] == pytest.approx(ref["accuracy"]) and result["knn_queries"] == 24
     assert result["knn_balanced_acc"] == pytest.approx(ref["balanced_accuracy"])
     assert result["knn_acc"] > 0.9                             # brightness classes: easy even for random weights
@@ -489,13 +490,13 @@ def test_knn_eval_matches_a_direct_computation_and_caches_the_images(tiny):
 def test_cuda_matches_cpu():
     g = torch.Generator().manual_seed(9)
     X, y = gaussian_classes(600, 16, 4, 1.0, g)
-    cpu = evaluate.fit_logistic(X[:400], y[:400], X[400:500], y[400:500], 4, grid=[1e-2, 1e-3])
-    gpu = evaluate.fit_logistic(X[:400].cuda(), y[:400].cuda(), X[400:500].cuda(), y[400:500].cuda(), 4,
+    cpu = probes.fit_logistic(X[:400], y[:400], X[400:500], y[400:500], 4, grid=[1e-2, 1e-3])
+    gpu = probes.fit_logistic(X[:400].cuda(), y[:400].cuda(), X[400:500].cuda(), y[400:500].cuda(), 4,
                                 grid=[1e-2, 1e-3])
     assert gpu.lam == cpu.lam
     assert torch.allclose(gpu.predict_proba(X[500:].cuda()).cpu(), cpu.predict_proba(X[500:]), atol=1e-3)
-    probs = evaluate.knn_classify(X[:400].cuda(), y[:400].cuda(), X[500:].cuda(), 4)
-    assert torch.allclose(probs.cpu(), evaluate.knn_classify(X[:400], y[:400], X[500:], 4), atol=1e-5)
+    probs = probes.knn_classify(X[:400].cuda(), y[:400].cuda(), X[500:].cuda(), 4)
+    assert torch.allclose(probs.cpu(), probes.knn_classify(X[:400], y[:400], X[500:], 4), atol=1e-5)
     images = torch.stack([sinusoid(64, 50.0, 400.0, 0.0), sinusoid(64, 50.0, 250.0, 30.0)])[:, None]
-    assert torch.allclose(evaluate.physics_features(images.cuda(), 50.0, 30.0).cpu(),
-                          evaluate.physics_features(images, 50.0, 30.0), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(probes.physics_features(images.cuda(), 50.0, 30.0).cpu(),
+                          probes.physics_features(images, 50.0, 30.0), rtol=1e-4, atol=1e-4)
