@@ -23,7 +23,7 @@ The last one evaluates external weights: a torchvision-layout ResNet50 state dic
 The model.* section must name that architecture; weights that do not fit it stop with the missing and
 unexpected keys. A ViT is built at the grid of the stored position embedding and resamples it to the image.
 
-Protocol (docs/METHOD.md). One centre view: the whole imagette, normalised by the dataset's own mean/std.
+Protocol (README, "The method"). One centre view: the whole imagette, normalised by the dataset's own mean/std.
 Features: ViT CLS token (eval.n_last_blocks > 1: CLS of the last n blocks; eval.avgpool: plus the mean
 patch token), ResNet pooled feature. Models: "pretrained"; with eval.baselines also "random_init" (same
 architecture, seed eval.seed) and "physics" (hand-crafted features), all through the same probes: logistic

@@ -22,7 +22,7 @@ dicts, so model.load_backbone_weights(backbone, checkpoint) takes the teacher ba
 (the centre), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
 (torch, numpy, python, cuda states), config (plain data), indices (the epoch's subset, int64) and pruner_state.
 
-The recipe (see docs/METHOD.md): multi-crop DINO with a centred, sharpened EMA teacher; per-iteration schedules
+The recipe (see README, "The method"): multi-crop DINO with a centred, sharpened EMA teacher; per-iteration schedules
 (lr with linear warm-up, scaled by global_batch/256, cosine to min_lr; weight decay cosine; teacher momentum
 cosine to 1; teacher temperature linear warm-up) computed once over the whole run. One epoch is
 ceil(ceil(prune.rho * N) / global_batch) iterations for every epoch and every pruning mode.
