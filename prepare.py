@@ -195,7 +195,7 @@ def prepare_real(cfg):
 
 # ------------------------------------------------------------------------------------------------ common
 def run_jobs(fn, jobs, workers, total, desc, unit_of=lambda r: r):
-    """Run jobs in a process pool (or inline for one worker), yielding results with a progress bar."""
+    """Run jobs in a process pool (inline for one worker) under a progress bar; stop at the first fatal result."""
     bar = tqdm(total=total, desc=f"prepare {desc}", unit="img", dynamic_ncols=True)
     if workers == 1 or len(jobs) <= 1:
         results = map(fn, jobs)
