@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import config
 import pretrain
 import shards
 import synthetic
 from test_pretrain import ENV, ROOT, read_log, state_hash
+from test_pretrain import write_config as pretrain_config
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +30,11 @@ def archive(tmp_path_factory):
 
 
 def write_config(tmp_path, data, out, **overrides):
-    """vit_nano on 32 px, 6 epochs of 4 iterations at batch 16 (rho 0.2 of 300 images)."""
-    cfg = {"model": {"arch": "vit_nano", "patch_size": 8, "drop_path": 0.0, "out_dim": 128,
-                     "head_hidden_dim": 32, "head_bottleneck_dim": 16},
-           "train": {"data": data, "out": str(out), "epochs": 6, "batch_size_per_gpu": 16, "warmup_epochs": 1,
-                     "warmup_teacher_temp_epochs": 1, "global_crops_size": 32, "local_crops_number": 2,
-                     "local_crops_size": 16, "log_every": 4, "device": "cpu"},
-           "prune": {"mode": "dynamic", "rho": 0.2, "warmup_epochs": 2, "every": 2, "levels": [12, 3],
-                     "iters": 5, "batch_size": 64}}
-    for dotted, value in overrides.items():
-        section, key = dotted.split("__")
-        cfg[section][key] = value
-    path = tmp_path / f"{os.path.basename(str(out))}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    """test_pretrain's tiny config as 6 epochs of 4 iterations at batch 16 (rho 0.2 of 300), dynamic pruning."""
+    pruning = {"model__drop_path": 0.0, "train__epochs": 6, "train__batch_size_per_gpu": 16, "train__log_every": 4,
+               "prune__mode": "dynamic", "prune__rho": 0.2, "prune__warmup_epochs": 2, "prune__every": 2,
+               "prune__levels": [12, 3], "prune__iters": 5, "prune__batch_size": 64}
+    return pretrain_config(tmp_path, data, out, **{**pruning, **overrides})
 
 
 def curations(out):
