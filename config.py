@@ -87,7 +87,7 @@ def _k(default, kind, doc, **kw):
     return Key(default, kind, doc, **kw)
 
 
-ARCHS = ["vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet50"]
+ARCHS = ["vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50"]
 
 SCHEMA = {
     # ---------------------------------------------------------------- prepare.py
@@ -128,6 +128,8 @@ SCHEMA = {
         "arch": _k("vit_small", str, "backbone", choices=ARCHS),
         "patch_size": _k(16, int, "ViT patch size", choices=[4, 8, 16, 32]),
         "drop_path": _k(0.1, float, "stochastic depth rate (ViT)", lo=0.0, hi=0.9),
+        "width": _k(64, int, "ResNet: channels of the first stage (torchvision: 64; stage k has width * 2^(k-1))",
+                    lo=4, hi=512),
         "out_dim": _k(65536, int, "DINO head output dimension", lo=2),
         "head_hidden_dim": _k(2048, int, "DINO head hidden size", lo=8),
         "head_bottleneck_dim": _k(256, int, "DINO head bottleneck size", lo=8),
@@ -220,7 +222,11 @@ SCHEMA = {
         "knn_temperature": _k(0.07, float, "kNN vote temperature", lo=1e-4),
         "batch_size": _k(256, int, "images per forward pass", lo=1),
         "baselines": _k(True, bool, "also evaluate a random-init backbone and physics features"),
-        "seed": _k(0, int, "seed of the random-init baseline", lo=0),
+        "seed": _k(0, int, "seed of the first random-init baseline and of the bootstrap", lo=0),
+        "random_seeds": _k(3, int, "random initialisations averaged in the random_init row (seeds seed, seed+1, ..)",
+                            lo=1, hi=100),
+        "bootstrap": _k(1000, int, "bootstrap resamples of the test images for the 95 % intervals (0: none)",
+                        lo=0, hi=100000),
         "split_seed": _k(0, int, "seed of the stratified split made for samples with an empty split column", lo=0),
         "refit": _k("train", str, "probes after choosing λ on val: keep the train fit, or refit on train+val",
                     choices=["train", "train+val"]),

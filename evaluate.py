@@ -9,8 +9,9 @@ Writes  eval.out (null: <train.out>/eval):  report.json, report.md (the table, a
         (pretrained linear probe, rows normalised), scatter_wind.png / scatter_hs.png (predicted vs true:
         pretrained and physics linear probes), config.yaml (the resolved config). report.json is
         {"checkpoint", "arch", "feature_dim", "results": {model: {"classification": {"linear"|"knn": {accuracy,
-        balanced_accuracy, macro_f1, n, confusion, per_class: {name: recall}}}, "wind"|"hs": {"linear"|"knn":
-        {rmse, bias, r2, n}}}}} with model in pretrained, random_init, physics; absent tasks are left out.
+        balanced_accuracy, macro_f1, n, ci, confusion, per_class: {name: recall}}}, "wind"|"hs": {"linear"|"knn":
+        {rmse, bias, r2, n, ci}}}}} with model in pretrained, random_init, physics; absent tasks are left out.
+        ci = {metric: [lo, hi]}, the 95 % interval; random_init entries are means over seeds, with "seeds".
 
 Commands (exit codes: 0 done, 1 missing or bad input, one line; 2 bad config)
     python evaluate.py configs/demo.yaml                 # CPU, runs/demo/checkpoint.pt (~15 s on 2 cores)
@@ -26,8 +27,12 @@ unexpected keys. A ViT is built at the grid of the stored position embedding and
 Protocol (README, "The method"). One centre view: the whole imagette, normalised by the dataset's own mean/std.
 Features: ViT CLS token (eval.n_last_blocks > 1: CLS of the last n blocks; eval.avgpool: plus the mean
 patch token), ResNet pooled feature. Models: "pretrained"; with eval.baselines also "random_init" (same
-architecture, seed eval.seed) and "physics" (hand-crafted features), all through the same probes: logistic
-regression and ridge with λ chosen on val, kNN k=20, T=0.07, fitted on train, scored on test. Samples with
+architecture, eval.random_seeds initialisations from seed eval.seed on, averaged) and "physics" (hand-crafted
+features), all through the same probes: logistic regression and ridge with λ chosen on val, kNN k=20, T=0.07,
+fitted on train, scored on test. The physics features are z-scored with train-split statistics before kNN
+(their units differ by orders of magnitude; the linear probes standardise every input anyway).
+Intervals (intervals.py): every metric carries a 95 % interval from eval.bootstrap seeded resamples of the test
+images (the same resamples for every row); the random_init interval also counts the spread over its seeds. Samples with
 an empty split column get a seeded 80/5/15 split stratified by class (eval.split_seed); a dataset with no
 val sample gives 1/16 of its train split to val. A regression target with no finite label is skipped.
 
@@ -56,6 +61,7 @@ import torch
 from tqdm import tqdm
 
 import config
+import intervals
 import model as models
 import probes
 import shards
@@ -104,10 +110,12 @@ def backbone_from_weights(weights, cfg, source="weights"):
     saved = weights.get("config")
     if isinstance(saved, Mapping) and "model" in saved:
         arch, patch, img = saved["model"]["arch"], saved["model"]["patch_size"], saved["train"]["global_crops_size"]
+        width = saved["model"].get("width", 64)
     else:
         arch, patch, grid = cfg["model"]["arch"], cfg["model"]["patch_size"], _stored_grid(weights)
         img = grid * patch if grid else cfg["train"]["global_crops_size"]
-    backbone = models.build_backbone(arch, patch, img)
+        width = cfg["model"]["width"]
+    backbone = models.build_backbone(arch, patch, img, width=width)
     try:
         models.load_backbone_weights(backbone, weights)
     except ValueError as e:
@@ -170,13 +178,54 @@ def class_names(meta, n_classes):
     return [str(names[f[0]]) if f.size and names[f[0]] else f"class_{c}" for c, f in enumerate(first)]
 
 
-def _class_entry(metrics, names):
-    """A probe's classification metrics for report.json: confusion as lists, recall per class name."""
-    conf = metrics["confusion"].cpu()
+def model_groups(names):
+    """Report rows -> the feature sets behind them: the random-init seeds ("random_init#<seed>") form one row."""
+    groups = {}
+    for name in names:
+        groups.setdefault(name.split("#")[0], []).append(name)
+    return groups
+
+
+def _summary(entries, replicates, keys):
+    """One report entry from the probe results of a row's S members (S > 1: random-init seeds).
+
+    Each key gets its value (the mean over members) and, when replicates are given, its 95 % interval in
+    "ci" (bootstrap over test images; across_seeds for S > 1); members' own values go to "seeds"."""
+    out = {key: float(np.mean([en[key] for en in entries])) for key in keys}
+    out["n"] = entries[0]["n"]
+    if replicates is not None:
+        out["ci"] = {}
+        for key in keys:
+            reps = torch.stack([r[key] for r in replicates])
+            point = [en[key] for en in entries]
+            out["ci"][key] = intervals.percentile(reps[0]) if len(entries) == 1 else \
+                intervals.across_seeds(point, reps)[1]
+    if len(entries) > 1:
+        out["seeds"] = {key: [en[key] for en in entries] for key in keys}
+    return out
+
+
+def _class_entry(entries, names, y_test, idx):
+    """A probe's classification metrics for report.json: the summary, summed confusion, recall per class."""
+    keys = ("accuracy", "balanced_accuracy", "macro_f1")
+    reps = None if idx is None else \
+        [intervals.classification_replicates(y_test, en["pred"], len(names), idx) for en in entries]
+    conf = sum(en["confusion"].cpu() for en in entries)
     support = conf.sum(1)
     recall = conf.diagonal().double() / support.clamp_min(1)
-    return {**{k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}, "confusion": conf.tolist(),
+    return {**_summary(entries, reps, keys), "confusion": conf.tolist(),
             "per_class": {names[c]: recall[c].item() for c in range(len(names)) if support[c] > 0}}
+
+
+def _regression_entry(entries, y_test, idx):
+    known = torch.isfinite(y_test)
+    reps = None if idx is None else \
+        [intervals.regression_replicates(y_test[known], en["pred"].cpu()[known], idx) for en in entries]
+    return _summary(entries, reps, ("rmse", "bias", "r2"))
+
+
+def _bootstrap(n, e):
+    return intervals.bootstrap_indices(n, e["bootstrap"], e["seed"]) if e["bootstrap"] else None
 
 
 def _classification(report, feats, ds, rows, masks, e):
@@ -184,13 +233,19 @@ def _classification(report, feats, ds, rows, masks, e):
     if not all(((cls >= 0) & m).any() for m in masks):
         raise EvalError(f"{ds.folder}: classification needs samples with class_idx >= 0 in train, val and test")
     names = class_names(ds.meta, int(cls.max()) + 1)
+    results = {}
     for name, X in feats.items():
         y = cls.to(X.device)
-        res = probes.classification_probes(*[(X[m], y[m]) for m in masks], len(names), e["knn_k"], e["knn_temperature"],
-                                    refit=e["refit"])
-        report["results"][name]["classification"] = {p: _class_entry(res[p], names) for p in ("linear", "knn")}
-        print(f"classification  {name:<12s} linear acc {res['linear']['accuracy']:.3f} "
+        res = probes.classification_probes(*[(X[m], y[m]) for m in masks], len(names), e["knn_k"],
+                                           e["knn_temperature"], standardise_knn=name == "physics", refit=e["refit"])
+        results[name] = res
+        print(f"classification  {name:<14s} linear acc {res['linear']['accuracy']:.3f} "
               f"(λ={res['linear']['lam']:.0e})  kNN acc {res['knn']['accuracy']:.3f}  n_test={res['linear']['n']}")
+    y_test = cls[masks[2]]
+    idx = _bootstrap(len(y_test), e)
+    for row, members in model_groups(feats).items():
+        report["results"][row]["classification"] = {
+            p: _class_entry([results[m][p] for m in members], names, y_test, idx) for p in ("linear", "knn")}
     return names
 
 
@@ -201,15 +256,21 @@ def _regression(report, feats, ds, rows, masks, e, scatter):
         if min(counts) == 0:
             print(f"{target}: skipped, finite labels in train/val/test of {ds.folder}: {counts}")
             continue
+        results = {}
         for name, X in feats.items():
             y = y_all.to(X.device)
-            res, pred = probes.regression_probes(*[(X[m], y[m]) for m in masks], e["knn_k"], e["knn_temperature"],
-                                          refit=e["refit"])
-            report["results"][name][target] = {p: {k: res[p][k] for k in ("rmse", "bias", "r2", "n")}
-                                               for p in ("linear", "knn")}
-            scatter.setdefault(target, {})[name] = (y[masks[2]].cpu(), pred.cpu())
-            print(f"{target:<15s} {name:<12s} linear RMSE {res['linear']['rmse']:.3f} "
+            res = probes.regression_probes(*[(X[m], y[m]) for m in masks], e["knn_k"], e["knn_temperature"],
+                                           standardise_knn=name == "physics", refit=e["refit"])
+            results[name] = res
+            print(f"{target:<15s} {name:<14s} linear RMSE {res['linear']['rmse']:.3f} "
                   f"(λ={res['linear']['lam']:.0e})  kNN RMSE {res['knn']['rmse']:.3f}  n_test={res['linear']['n']}")
+        y_test = y_all[masks[2]]
+        idx = _bootstrap(counts[2], e)
+        for row, members in model_groups(feats).items():
+            report["results"][row][target] = {p: _regression_entry([results[m][p] for m in members], y_test, idx)
+                                              for p in ("linear", "knn")}
+            if row in ("pretrained", "physics"):
+                scatter.setdefault(target, {})[row] = (y_test, results[row]["linear"]["pred"].cpu())
 
 
 def run_evaluation(cfg):
@@ -229,13 +290,14 @@ def run_evaluation(cfg):
             raise EvalError(f"eval.{key}={path} is not a prepared dataset (no manifest.json)")
     backbone, spec = load_backbone(ckpt, cfg)
     nets = {"pretrained": backbone.to(device)}
-    if e["baselines"]:
-        nets["random_init"] = models.build_backbone(*spec, generator=torch.Generator().manual_seed(e["seed"]))
-        nets["random_init"].to(device)
+    if e["baselines"]:                       # random_init: eval.random_seeds draws of the same architecture
+        for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
+            nets[f"random_init#{seed}"] = models.build_backbone(
+                *spec, generator=torch.Generator().manual_seed(seed), width=getattr(backbone, "width", 64)).to(device)
     print(f"evaluating {ckpt}: {spec[0]} (patch {spec[1]}, built at {spec[2]} px) on {device}")
     report = {"checkpoint": ckpt, "arch": spec[0],
               "feature_dim": backbone.feature_dim(e["n_last_blocks"], e["avgpool"]),
-              "results": {name: {} for name in [*nets, *(["physics"] if e["baselines"] else [])]}}
+              "results": {row: {} for row in model_groups([*nets, *(["physics"] if e["baselines"] else [])])}}
     cache, names, scatter = {}, None, {}
     for key, path in tasks.items():
         if path not in cache:                # one feature pass per dataset, shared by its tasks
@@ -258,20 +320,40 @@ def run_evaluation(cfg):
 
 # ----------------------------------------------------------------------------------------------------- report
 
-def markdown_table(report):
-    """Rows = models; linear accuracy, balanced accuracy, macro-F1, kNN accuracy, wind and Hs RMSE."""
-    def num(r, task, probe, key, fmt):
-        value = r.get(task, {}).get(probe, {}).get(key)
-        return "–" if value is None else fmt.format(value)
+def _cell(entry, key, digits):
+    """'value [lo, hi]' (or 'value' without an interval, '–' when absent)."""
+    if entry is None or key not in entry:
+        return "–"
+    value = f"{entry[key]:.{digits}f}"
+    ci = entry.get("ci", {}).get(key)
+    return f"{value} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else value
 
-    lines = ["| model | linear acc | linear bal. acc | linear macro-F1 | kNN acc | wind RMSE m/s (linear / kNN) "
-             "| Hs RMSE m (linear / kNN) |", "|---|---|---|---|---|---|---|"]
-    for name, r in report["results"].items():
-        cells = [num(r, "classification", "linear", k, "{:.3f}") for k in ("accuracy", "balanced_accuracy", "macro_f1")]
-        cells.append(num(r, "classification", "knn", "accuracy", "{:.3f}"))
-        cells += [f"{num(r, t, 'linear', 'rmse', '{:.2f}')} / {num(r, t, 'knn', 'rmse', '{:.2f}')}"
-                  for t in ("wind", "hs")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+COLUMNS = (("linear acc", "classification", "linear", "accuracy", 3),
+           ("linear bal. acc", "classification", "linear", "balanced_accuracy", 3),
+           ("linear macro-F1", "classification", "linear", "macro_f1", 3),
+           ("kNN acc", "classification", "knn", "accuracy", 3),
+           ("wind RMSE m/s linear", "wind", "linear", "rmse", 2), ("wind RMSE m/s kNN", "wind", "knn", "rmse", 2),
+           ("Hs RMSE m linear", "hs", "linear", "rmse", 2), ("Hs RMSE m kNN", "hs", "knn", "rmse", 2))
+
+
+def markdown_table(report):
+    """Rows = models, columns = COLUMNS, each 'value [95 % interval]'; then which pretrained vs random_init
+    intervals are disjoint."""
+    results = report["results"]
+    lines = ["| model | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(r.get(t, {}).get(p), k, d) for _, t, p, k, d in COLUMNS) + " |")
+    if "pretrained" in results and "random_init" in results:
+        verdicts = []
+        for label, t, p, k, _ in COLUMNS:
+            a, b = results["pretrained"].get(t, {}).get(p), results["random_init"].get(t, {}).get(p)
+            if a and b and "ci" in a and "ci" in b:
+                better = a[k] < b[k] if k == "rmse" else a[k] > b[k]
+                verdicts.append(f"{label} {'disjoint' if intervals.disjoint(a['ci'][k], b['ci'][k]) else 'overlap'}"
+                                f" ({'pretrained better' if better else 'random_init better'})")
+        if verdicts:
+            lines += ["", "pretrained vs random_init, 95 % intervals: " + "; ".join(verdicts) + "."]
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ VIT_SIZES = {
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
 }
-ARCHS = (*VIT_SIZES, "resnet50")
+ARCHS = (*VIT_SIZES, "resnet18", "resnet50")
 
 
 def _init_generator(generator):
@@ -277,7 +277,45 @@ def vit(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float =
 
 
 # ----------------------------------------------------------------------------------------------------------
-# ResNet50
+# ResNets (torchvision layout)
+
+
+def _conv_out(hw, conv):
+    """Output (H, W) of a convolution: floor((in + 2p - k) / s) + 1 per axis."""
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(hw, conv.kernel_size, conv.stride, conv.padding))
+
+
+def _conv_macs(conv, hw):
+    """(multiply-adds, output (H, W)) of one convolution on an hw input."""
+    out = _conv_out(hw, conv)
+    k_h, k_w = conv.kernel_size
+    return out[0] * out[1] * conv.out_channels * (conv.in_channels // conv.groups) * k_h * k_w, out
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block: 3x3 (carries the stride) -> 3x3, plus a projected shortcut when the shape changes."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def convs(self):
+        return [self.conv1, self.conv2]
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -300,6 +338,9 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False),
                                             nn.BatchNorm2d(outplanes))
 
+    def convs(self):
+        return [self.conv1, self.conv2, self.conv3]
+
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -308,23 +349,31 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
-    """torchvision-layout ResNet (bottleneck blocks), 1-channel stem, no `fc`: returns the pooled feature."""
+# name -> (block, blocks per stage)
+RESNETS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
 
-    def __init__(self, layers=(3, 4, 6, 3), in_chans: int = 1, generator=None):
+
+class ResNet(nn.Module):
+    """torchvision-layout ResNet, 1-channel stem, no `fc`: returns the globally pooled feature.
+
+    `width` is the channel count of the first stage (torchvision: 64); stage k has width * 2^(k-1) planes.
+    A narrower net keeps every key name and only changes shapes, so the layout still reads as torchvision's.
+    """
+
+    def __init__(self, block=Bottleneck, layers=(3, 4, 6, 3), in_chans: int = 1, width: int = 64, generator=None):
         super().__init__()
-        self.in_chans = in_chans
-        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.in_chans, self.width = in_chans, width
+        self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        inplanes = 64
-        for k, (planes, n_blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            stride = 1 if k == 1 else 2
+        inplanes = width
+        for k, n_blocks in enumerate(layers, start=1):
+            planes = width * 2 ** (k - 1)
             blocks = []
             for i in range(n_blocks):
-                blocks.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
-                inplanes = planes * Bottleneck.expansion
+                blocks.append(block(inplanes, planes, (1 if k == 1 else 2) if i == 0 else 1))
+                inplanes = planes * block.expansion
             setattr(self, f"layer{k}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.embed_dim = inplanes
@@ -342,7 +391,7 @@ class ResNet(nn.Module):
                 m.reset_running_stats()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 1, H, W] -> globally average-pooled feature [B, 2048]."""
+        """[B, 1, H, W] -> globally average-pooled feature [B, embed_dim]."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"ResNet expects input [B,{self.in_chans},H,W], got {tuple(x.shape)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -362,42 +411,37 @@ class ResNet(nn.Module):
         Spatial sizes are propagated with the convolution arithmetic out = floor((in + 2p - k) / s) + 1.
         BatchNorm, ReLU, pooling and the residual additions are ignored (no multiply-adds of a matmul).
         """
-        def out_size(hw, k, s, p):
-            return tuple((n + 2 * p - k) // s + 1 for n in hw)
-
-        def conv_macs(conv, hw_in):
-            hw = out_size(hw_in, conv.kernel_size[0], conv.stride[0], conv.padding[0])
-            k_h, k_w = conv.kernel_size
-            macs = hw[0] * hw[1] * conv.out_channels * (conv.in_channels // conv.groups) * k_h * k_w
-            return macs, hw
-
         hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        total, hw = conv_macs(self.conv1, hw)
-        hw = out_size(hw, 3, 2, 1)                                   # max pool
+        total, hw = _conv_macs(self.conv1, hw)
+        hw = tuple((n + 2 - 3) // 2 + 1 for n in hw)                  # max pool 3x3, stride 2, padding 1
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
-                m1, hw1 = conv_macs(block.conv1, hw)
-                m2, hw2 = conv_macs(block.conv2, hw1)
-                m3, hw3 = conv_macs(block.conv3, hw2)
-                total += m1 + m2 + m3
+                block_in = hw
+                for conv in block.convs():
+                    macs, hw = _conv_macs(conv, hw)
+                    total += macs
                 if block.downsample is not None:
-                    total += conv_macs(block.downsample[0], hw)[0]
-                hw = hw3
+                    total += _conv_macs(block.downsample[0], block_in)[0]
         return 2 * total
 
 
+def resnet(arch: str, in_chans: int = 1, width: int = 64, generator=None) -> ResNet:
+    block, layers = RESNETS[arch]
+    return ResNet(block, layers, in_chans=in_chans, width=width, generator=generator)
+
+
 def resnet50(in_chans: int = 1, generator=None) -> ResNet:
-    return ResNet((3, 4, 6, 3), in_chans=in_chans, generator=generator)
+    return resnet("resnet50", in_chans, generator=generator)
 
 
 def build_backbone(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float = 0.0,
-                   generator=None) -> nn.Module:
+                   generator=None, width: int = 64) -> nn.Module:
     """Build a 1-channel backbone by name (one of ARCHS). Every backbone has `.embed_dim`.
 
     patch_size, img_size and drop_path only apply to ViTs; the torchvision ResNet50 has no stochastic depth.
     """
-    if arch == "resnet50":
-        return resnet50(generator=generator)
+    if arch in RESNETS:
+        return resnet(arch, width=width, generator=generator)
     if arch in VIT_SIZES:
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")

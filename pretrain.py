@@ -253,7 +253,8 @@ def build_student_teacher(cfg, device):
     gen = lambda: torch.Generator().manual_seed(t["seed"])  # noqa: E731
     nets = []
     for drop in (m["drop_path"], 0.0):
-        backbone = models.build_backbone(m["arch"], m["patch_size"], t["global_crops_size"], drop, generator=gen())
+        backbone = models.build_backbone(m["arch"], m["patch_size"], t["global_crops_size"], drop, generator=gen(),
+                                         width=m["width"])
         head = models.DINOHead(backbone.embed_dim, m["out_dim"], m["head_hidden_dim"], m["head_bottleneck_dim"],
                                norm_last_layer=m["norm_last_layer"], generator=gen())
         nets.append(models.MultiCropWrapper(backbone, head).to(device))

@@ -7,7 +7,8 @@ The protocol of ../shared/docs/METHOD.md, used by evaluate.py:
   and the gradient is written by hand: about 3x fewer evaluations and 2x cheaper ones than plain autograd.
 - fit_ridge: closed-form ridge regression, one eigendecomposition for the whole λ grid, λ per output on val.
 - knn_classify / knn_regress: cosine similarity, k = 20, weights exp(sim / T) with T = 0.07 (DINO protocol),
-  queries in memory-bounded chunks.
+  queries in memory-bounded chunks. Hand-crafted features are z-scored with train statistics first
+  (standardise_like_train); network features are used as they are.
 - classification_metrics (accuracy, balanced accuracy, macro-F1, confusion) and regression_metrics (RMSE,
   bias = mean(pred - true), R²). Unknown labels (class < 0, NaN target) never enter a fit or a metric.
 - physics_features: mean σ0 (dB of the mean linear intensity), std (dB), normalised variance of the linear
@@ -335,25 +336,42 @@ def regression_metrics(y_true, y_pred):
             "n": int(y_true.numel())}
 
 
-def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, **logistic_kw):
-    """Logistic probe and kNN on (X, y) pairs; returns {"linear": metrics + lam, "knn": metrics}."""
+def standardise_like_train(train_x, *others):
+    """Each matrix z-scored with the train matrix's column mean and std (constant columns left unscaled).
+
+    For kNN on hand-crafted features, whose units differ by orders of magnitude (dB, metres, degrees): cosine
+    on the raw columns is dominated by the largest. Network features are used as they are (DINO protocol).
+    Only train statistics are used, so nothing of a query leaks into the bank."""
+    train_x = _as_features(train_x, "standardise train features")
+    mean, std = _standardisation(train_x)
+    return [(train_x - mean) / std] + [(_as_features(x, "standardise features").to(train_x.device) - mean) / std
+                                       for x in others]
+
+
+def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, standardise_knn=False,
+                          **logistic_kw):
+    """Logistic probe and kNN on (X, y) pairs; returns {"linear": metrics + lam + pred, "knn": metrics + pred}.
+
+    standardise_knn: z-score the kNN features with train statistics first (hand-crafted features)."""
     probe = fit_logistic(*train, *val, n_classes, **logistic_kw)
-    X, y = test
-    linear = classification_metrics(y, probe.predict(X), n_classes)
-    linear["lam"] = probe.lam
-    knn = classification_metrics(y, knn_classify(*train, X, n_classes, k, temperature).argmax(1), n_classes)
-    return {"linear": linear, "knn": knn}
-
-
-def regression_probes(train, val, test, k=20, temperature=0.07, **ridge_kw):
-    """Ridge probe and kNN regression on (X, y) pairs with a 1-D target: ({"linear", "knn"}, linear pred)."""
-    probe = fit_ridge(*train, *val, **ridge_kw)
-    X, y = test
+    (Xtr, ytr), (X, y) = train, test
     pred = probe.predict(X)
-    linear = regression_metrics(y, pred)
-    linear["lam"] = probe.lam.item()
-    knn = regression_metrics(y, knn_regress(*train, X, k, temperature))
-    return {"linear": linear, "knn": knn}, pred
+    linear = {**classification_metrics(y, pred, n_classes), "lam": probe.lam, "pred": pred}
+    bank, query = standardise_like_train(Xtr, X) if standardise_knn else (Xtr, X)
+    knn_pred = knn_classify(bank, ytr, query, n_classes, k, temperature).argmax(1)
+    return {"linear": linear, "knn": {**classification_metrics(y, knn_pred, n_classes), "pred": knn_pred}}
+
+
+def regression_probes(train, val, test, k=20, temperature=0.07, standardise_knn=False, **ridge_kw):
+    """Ridge probe and kNN regression on (X, y) pairs with a 1-D target: {"linear", "knn"}, each metrics +
+    pred (test predictions); standardise_knn as in classification_probes."""
+    probe = fit_ridge(*train, *val, **ridge_kw)
+    (Xtr, ytr), (X, y) = train, test
+    pred = probe.predict(X)
+    linear = {**regression_metrics(y, pred), "lam": probe.lam.item(), "pred": pred}
+    bank, query = standardise_like_train(Xtr, X) if standardise_knn else (Xtr, X)
+    knn_pred = knn_regress(bank, ytr, query, k, temperature)
+    return {"linear": linear, "knn": {**regression_metrics(y, knn_pred), "pred": knn_pred}}
 
 
 # ------------------------------------------------------------------------------------------- physics baseline

@@ -224,8 +224,9 @@ def test_probe_suites_report_every_metric():
     out = probes.classification_probes(*parts, 3, grid=[1e-2, 1e-3])
     assert out["linear"]["accuracy"] > 0.9 and out["knn"]["accuracy"] > 0.9 and "lam" in out["linear"]
     parts = [(X[:300], target[:300]), (X[300:350], target[300:350]), (X[350:], target[350:])]
-    out, pred = probes.regression_probes(*parts)
-    assert out["linear"]["r2"] > 0.99 and set(out["knn"]) == {"rmse", "bias", "r2", "n"}
+    out = probes.regression_probes(*parts)
+    pred = out["linear"]["pred"]
+    assert out["linear"]["r2"] > 0.99 and set(out["knn"]) == {"rmse", "bias", "r2", "n", "pred"}
     assert probes.regression_metrics(target[350:], pred)["rmse"] == pytest.approx(out["linear"]["rmse"])
 
 
@@ -424,11 +425,15 @@ def test_cli_report_from_a_pretrain_checkpoint(tiny):
         assert set(result) == {"classification", "wind"}                     # no Hs label: skipped
         for probe in ("linear", "knn"):
             c = result["classification"][probe]
-            assert set(c) == {"accuracy", "balanced_accuracy", "macro_f1", "n", "confusion", "per_class"}
-            assert c["n"] == 24 and np.array(c["confusion"]).sum() == 24
+            seeds = {"seeds"} if name == "random_init" else set()           # 3 random inits, averaged
+            assert set(c) == {"accuracy", "balanced_accuracy", "macro_f1", "n", "ci", "confusion", "per_class"} | seeds
+            for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+                assert c["ci"][key][0] <= c[key] <= c["ci"][key][1]
+                assert not seeds or c[key] == pytest.approx(np.mean(c["seeds"][key]))
+            assert c["n"] == 24 and np.array(c["confusion"]).sum() == 24 * (3 if seeds else 1)
             assert set(c["per_class"]) == {"Pure Ocean Waves", "Sea Ice", "Rain Cells"}
             assert np.mean(list(c["per_class"].values())) == pytest.approx(c["balanced_accuracy"])
-            assert set(result["wind"][probe]) == {"rmse", "bias", "r2", "n"}
+            assert set(result["wind"][probe]) == {"rmse", "bias", "r2", "n", "ci"} | seeds
     physics = report["results"]["physics"]
     assert physics["classification"]["linear"]["accuracy"] == 1.0             # brightness separates the classes
     assert physics["wind"]["linear"]["r2"] > 0.9                               # and predicts the wind

@@ -31,7 +31,7 @@ def resnet():
 
 
 def test_archs_and_unknown_arch():
-    assert set(M.ARCHS) == {"vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet50"}
+    assert set(M.ARCHS) == {"vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50"}
     with pytest.raises(ValueError, match="vit_huge"):
         M.build_backbone("vit_huge", 16, 224, 0.0)
 
@@ -130,6 +130,23 @@ def test_drop_path_train_vs_eval():
 
 
 # ------------------------------------------------------------------------------------------------- ResNet
+
+
+def test_resnet18_torchvision_layout_and_width():
+    r18 = M.build_backbone("resnet18")
+    keys = set(r18.state_dict())
+    for k in ["conv1.weight", "bn1.running_var", "layer1.0.conv2.weight", "layer1.1.bn2.bias",
+              "layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_mean", "layer4.1.conv2.weight"]:
+        assert k in keys, k
+    assert "layer1.0.downsample.0.weight" not in keys and not any(".conv3." in k for k in keys)
+    # torchvision's resnet18 has 11,689,512 parameters: minus fc (513,000) and 2 of conv1's 3 input channels
+    assert M.count_params(r18) == 11_689_512 - 513_000 - 2 * 64 * 49 and r18.embed_dim == 512
+    narrow = M.build_backbone("resnet18", width=16)
+    assert set(narrow.state_dict()) == keys and narrow.embed_dim == 128
+    assert narrow.layer3[0].conv1.weight.shape == (64, 32, 3, 3)
+    with torch.no_grad():
+        assert narrow(torch.randn(2, 1, 48, 48)).shape == (2, 128)
+    assert M.flops_per_image(narrow, 48) == _hooked_matmul_flops(narrow, 48)
 
 
 def test_resnet50_layout_params_shape(resnet):
