@@ -52,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import collapse
 import config
 import model as models
 import prune
@@ -146,7 +147,8 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_out, teacher_out, teacher_temp):
-        """Returns (loss, teacher entropy); updates the centre from this batch's teacher output."""
+        """Returns (loss, [H(q), H(q̄)]): the loss and the teacher's per-image and batch-mean entropies (q̄ over
+        all ranks); updates the centre from this batch's teacher output."""
         batch = len(student_out) // self.n_crops
         log_p = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(self.n_crops, batch, -1)
         log_q = F.log_softmax((teacher_out.float().detach() - self.center) / teacher_temp, dim=-1)
@@ -156,9 +158,10 @@ class DINOLoss(nn.Module):
         same_view = torch.eye(len(q), self.n_crops, dtype=torch.bool, device=ce.device)
         loss = ce[~same_view].mean()
         with torch.no_grad():
-            entropy = -(q * log_q.view_as(q)).sum(-1).mean()
+            q_flat = q.view(-1, q.shape[-1])
+            entropies = collapse.teacher_entropies(q_flat, log_q, all_reduce_mean(q_flat.mean(0)))
             self.update_center(teacher_out.float())
-        return loss, entropy
+        return loss, torch.stack(entropies)
 
     @torch.no_grad()
     def update_center(self, teacher_out):
@@ -486,7 +489,8 @@ class Trainer:
 
     # ---- one iteration
     def step(self, x, epoch):
-        """One DINO update on this rank's raw batch x; returns (loss, teacher entropy) averaged over ranks."""
+        """One DINO update on this rank's raw batch x; returns the loss and the collapse diagnostics (teacher
+        entropy, batch-mean entropy, feature spread of the teacher's backbone), averaged over ranks."""
         it, t = self.iteration, self.t
         gen = torch.Generator(self.device).manual_seed(stream_seed(t["seed"], epoch, it, self.rank, STREAM_AUG))
         crops = self.augment(x, gen)
@@ -497,10 +501,11 @@ class Trainer:
                 group["weight_decay"] = float(self.sched["wd"][it])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             with torch.no_grad():
-                t_out = self.teacher_fwd(crops[:2])
+                t_out, t_feats = self.teacher_fwd(crops[:2], return_backbone_features=True)
             s_out = self.student_fwd(crops)
-        loss, entropy = self.dino_loss(s_out, t_out, float(self.sched["teacher_temp"][it]))  # fp32, outside autocast
-        loss_value, entropy_value = all_reduce_mean(torch.stack([loss.detach(), entropy]).float()).tolist()
+        loss, entropies = self.dino_loss(s_out, t_out, float(self.sched["teacher_temp"][it]))  # fp32, outside autocast
+        stats = torch.cat([loss.detach()[None], entropies, collapse.feature_spread(t_feats)[None]])
+        loss_value, entropy, batch_entropy, feature_std = all_reduce_mean(stats.float()).tolist()
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(f"loss is {loss_value} at iteration {it} (epoch {epoch}); stopping. The last good "
                                 f"checkpoint {self.ckpt_path} is left intact: lower train.lr or raise "
@@ -514,15 +519,30 @@ class Trainer:
         self.optimizer.step()
         ema_update(self.t_params, self.s_params, float(self.sched["momentum"][it]))
         self.iteration += 1
-        return loss_value, entropy_value
+        # KL(q || p) averaged over the view pairs = cross-entropy - H(q): every teacher view meets as many students
+        return loss_value, {"teacher_entropy": entropy, "batch_entropy": batch_entropy,
+                            "kl_teacher_student": loss_value - entropy, "feature_std": feature_std}
 
-    def iteration_record(self, epoch, loss, entropy, images_per_s):
+    def iteration_record(self, epoch, loss, diagnostics, images_per_s):
         it = self.iteration - 1
         return {"epoch": epoch, "iteration": self.iteration, "loss": loss, "loss_norm": loss / self.ln_k,
-                "teacher_entropy": entropy, "lr": float(self.sched["lr"][it]), "wd": float(self.sched["wd"][it]),
+                **diagnostics, "prototypes_in_use": math.exp(diagnostics["batch_entropy"]),
+                "lr": float(self.sched["lr"][it]), "wd": float(self.sched["wd"][it]),
                 "momentum": float(self.sched["momentum"][it]), "teacher_temp": float(self.sched["teacher_temp"][it]),
                 "student_temp": self.t["student_temp"], "images_per_s": images_per_s,
                 "mfu": images_per_s / self.world * self.flops_img / self.peak}
+
+    def check_collapse(self, record, warned):
+        """Name a collapse in the record (after the first epoch: a fresh network starts flat) and say it once
+        per epoch and kind."""
+        if self.iteration <= self.ipe:
+            return
+        found = collapse.warnings(record, self.ln_k)
+        if found:
+            record["warning"] = found
+        for kind in set(found) - warned:
+            warned.add(kind)
+            self.say(f"warning: iteration {self.iteration}: {collapse.MESSAGES[kind]}")
 
     # ---- one epoch
     def run_epoch(self, epoch, bar):
@@ -538,20 +558,22 @@ class Trainer:
         end = min(self.stop_at, (epoch + 1) * self.ipe)
         loader = Prefetcher(self.dataset, batches, self.iteration - epoch * self.ipe, t["prefetch"],
                             pin=self.device.type == "cuda")
-        losses, window_start, window_images = [], time.perf_counter(), 0
+        losses, window_start, window_images, warned = [], time.perf_counter(), 0, set()
         try:
             while self.iteration < end:
                 x = loader.next().to(self.device, non_blocking=True)
-                loss, entropy = self.step(x, epoch)
+                loss, diagnostics = self.step(x, epoch)
                 losses.append(loss)
                 window_images += len(x) * self.world
                 bar.update(1)
                 if self.iteration % t["log_every"] == 0 or self.iteration == end:
-                    record = self.iteration_record(epoch, loss, entropy,
+                    record = self.iteration_record(epoch, loss, diagnostics,
                                                    window_images / (time.perf_counter() - window_start))
+                    self.check_collapse(record, warned)
                     self.log.write(**record)
-                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.1f}",
-                                    mfu=f"{record['mfu']:.2f}")
+                    bar.set_postfix(loss=f"{loss:.3f}", H=f"{diagnostics['teacher_entropy']:.2f}",
+                                    protos=f"{record['prototypes_in_use']:.0f}",
+                                    fstd=f"{diagnostics['feature_std']:.2f}", img_s=f"{record['images_per_s']:.1f}")
                     window_start, window_images = time.perf_counter(), 0
                 if t["checkpoint_iters"] and self.iteration % t["checkpoint_iters"] == 0 and self.iteration < end:
                     self.save(epoch)

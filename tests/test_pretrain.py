@@ -104,11 +104,13 @@ def test_dino_loss_matches_reference_and_skips_same_view():
     loss_fn = pretrain.DINOLoss(k, n_crops, student_temp=0.1, center_momentum=0.9)
     loss_fn.center.copy_(0.3 * torch.randn(1, k, generator=g))
     center = loss_fn.center.clone()
-    loss, entropy = loss_fn(student, teacher, teacher_temp=0.05)
+    loss, (entropy, batch_entropy) = loss_fn(student, teacher, teacher_temp=0.05)
     ref = reference_dino_loss(student, teacher, center, n_crops, 0.1, 0.05)
     assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6)
     q = F.softmax((teacher - center) / 0.05, dim=-1)
     assert torch.allclose(entropy, -torch.special.xlogy(q, q).sum(-1).mean(), rtol=1e-5)
+    q_bar = q.mean(0)
+    assert torch.allclose(batch_entropy, -torch.special.xlogy(q_bar, q_bar).sum(), rtol=1e-5)
     assert torch.allclose(loss_fn.center, 0.9 * center + 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)
     # Same-view pairs are skipped: with only 2 crops the loss is the mean of CE(q0, p1) and CE(q1, p0).
     two = pretrain.DINOLoss(k, 2, student_temp=0.1)
@@ -280,7 +282,8 @@ def test_resume_after_kill_is_bitwise_exact_and_checkpoint_round_trips(tmp_path,
     assert os.path.exists(full_out / "checkpoint_e0002.pt") and os.path.exists(full_out / "config.yaml")
     records = read_log(full_out)
     iters = [r for r in records if "event" not in r]
-    assert len(iters) == 9 and {"loss", "loss_norm", "teacher_entropy", "lr", "wd", "momentum", "teacher_temp",
+    assert len(iters) == 9 and {"loss", "loss_norm", "teacher_entropy", "batch_entropy", "kl_teacher_student",
+                                "feature_std", "prototypes_in_use", "lr", "wd", "momentum", "teacher_temp",
                                 "student_temp", "images_per_s", "mfu"} <= set(iters[0])
     epochs = [r for r in records if r.get("event") == "epoch"]
     assert len(epochs) == 3 and not any("warning" in r for r in epochs)
