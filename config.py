@@ -218,6 +218,8 @@ SCHEMA = {
         "regression": _k("data/demo/regression", str, "wind/Hs regression dataset (null/'' to skip)", optional=True),
         "n_last_blocks": _k(1, int, "ViT: concatenate the CLS of the last n blocks", lo=1, hi=12),
         "avgpool": _k(False, bool, "ViT: also concatenate the mean patch token"),
+        "probe_incidence": _k(True, bool, "wind/Hs linear probes of the networks also see incidence and its square "
+                              "(the physics features include incidence)"),
         "knn_k": _k(20, int, "kNN neighbours", lo=1),
         "knn_temperature": _k(0.07, float, "kNN vote temperature", lo=1e-4),
         "batch_size": _k(256, int, "images per forward pass", lo=1),

@@ -31,6 +31,9 @@ architecture, eval.random_seeds initialisations from seed eval.seed on, averaged
 features), all through the same probes: logistic regression and ridge with λ chosen on val, kNN k=20, T=0.07,
 fitted on train, scored on test. The physics features are z-scored with train-split statistics before kNN
 (their units differ by orders of magnitude; the linear probes standardise every input anyway).
+Wind and Hs linear probes of the networks see the imagette's incidence angle (and its square) beside the
+features when eval.probe_incidence is on: every σ0 wind retrieval needs it, and the physics features carry it;
+their kNN uses the network features alone.
 Intervals (intervals.py): every metric carries a 95 % interval from eval.bootstrap seeded resamples of the test
 images (the same resamples for every row); the random_init interval also counts the spread over its seeds. Samples with
 an empty split column get a seeded 80/5/15 split stratified by class (eval.split_seed); a dataset with no
@@ -125,6 +128,13 @@ def backbone_from_weights(weights, cfg, source="weights"):
 
 # --------------------------------------------------------------------------------------------------- features
 
+def incidence(dataset, rows):
+    """float32 [len(rows)] incidence angles (degrees); unknown ones get the dataset median (a neutral value)."""
+    inc = np.asarray(dataset.meta["incidence"], dtype=np.float32)
+    known = np.isfinite(inc)
+    return torch.from_numpy(np.where(known, inc, np.median(inc[known]) if known.any() else 0.0)[rows])
+
+
 def extract_features(dataset, rows, nets, device, batch_size=256, n_last_blocks=1, avgpool=False,
                      physics=False, images=None, progress=True):
     """{name: float32 [len(rows), d] on device} for each backbone of `nets`, plus "physics" if asked.
@@ -132,10 +142,8 @@ def extract_features(dataset, rows, nets, device, batch_size=256, n_last_blocks=
     One pass: each batch is read once as raw dB (or taken from `images`, raw dB aligned with rows), normalised
     with the dataset's mean/std for the networks and kept in dB for the physics features."""
     device, rows = torch.device(device), np.asarray(rows, dtype=np.int64)
-    if physics:                              # unknown incidence: the dataset median (a neutral value)
-        inc = np.asarray(dataset.meta["incidence"], dtype=np.float32)
-        known = np.isfinite(inc)
-        inc = torch.from_numpy(np.where(known, inc, np.median(inc[known]) if known.any() else 0.0)[rows])
+    if physics:
+        inc = incidence(dataset, rows)
     out = {name: [] for name in [*nets, *(["physics"] if physics else [])]}
     for net in nets.values():
         net.eval()
@@ -250,6 +258,10 @@ def _classification(report, feats, ds, rows, masks, e):
 
 
 def _regression(report, feats, ds, rows, masks, e, scatter):
+    if e["probe_incidence"]:                 # the network rows' linear probes see the incidence too (physics has it)
+        inc = incidence(ds, rows)
+        extra = torch.stack([inc, inc ** 2], 1)
+        feats = {name: X if name == "physics" else torch.cat([X, extra.to(X.device)], 1) for name, X in feats.items()}
     for target in ("wind", "hs"):
         y_all = torch.from_numpy(ds.meta[target][rows].astype(np.float64))
         counts = [int((torch.isfinite(y_all) & m).sum()) for m in masks]
@@ -259,8 +271,10 @@ def _regression(report, feats, ds, rows, masks, e, scatter):
         results = {}
         for name, X in feats.items():
             y = y_all.to(X.device)
+            knn_columns = X.shape[1] - 2 if e["probe_incidence"] and name != "physics" else None
             res = probes.regression_probes(*[(X[m], y[m]) for m in masks], e["knn_k"], e["knn_temperature"],
-                                           standardise_knn=name == "physics", refit=e["refit"])
+                                           standardise_knn=name == "physics", knn_columns=knn_columns,
+                                           refit=e["refit"])
             results[name] = res
             print(f"{target:<15s} {name:<14s} linear RMSE {res['linear']['rmse']:.3f} "
                   f"(λ={res['linear']['lam']:.0e})  kNN RMSE {res['knn']['rmse']:.3f}  n_test={res['linear']['n']}")

@@ -362,13 +362,15 @@ def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, s
     return {"linear": linear, "knn": {**classification_metrics(y, knn_pred, n_classes), "pred": knn_pred}}
 
 
-def regression_probes(train, val, test, k=20, temperature=0.07, standardise_knn=False, **ridge_kw):
+def regression_probes(train, val, test, k=20, temperature=0.07, standardise_knn=False, knn_columns=None, **ridge_kw):
     """Ridge probe and kNN regression on (X, y) pairs with a 1-D target: {"linear", "knn"}, each metrics +
-    pred (test predictions); standardise_knn as in classification_probes."""
+    pred (test predictions); standardise_knn as in classification_probes; knn_columns: kNN on the first n
+    columns only (the linear probe sees them all: e.g. features plus appended metadata)."""
     probe = fit_ridge(*train, *val, **ridge_kw)
     (Xtr, ytr), (X, y) = train, test
     pred = probe.predict(X)
     linear = {**regression_metrics(y, pred), "lam": probe.lam.item(), "pred": pred}
+    Xtr, X = (Xtr, X) if knn_columns is None else (Xtr[:, :knn_columns], X[:, :knn_columns])
     bank, query = standardise_like_train(Xtr, X) if standardise_knn else (Xtr, X)
     knn_pred = knn_regress(bank, ytr, query, k, temperature)
     return {"linear": linear, "knn": {**regression_metrics(y, knn_pred), "pred": knn_pred}}
