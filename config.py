@@ -33,7 +33,8 @@ class Key:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         kind = {int: "an integer", float: "a number", bool: "true/false", str: "a string",
-                "ints": "a list of integers", "floats": "a list of numbers", "strs": "a list of strings"}[self.kind]
+                "ints": "a list of integers", "floats": "a list of numbers", "strs": "a list of strings",
+                "variants": "a list of names or a mapping name -> overrides"}[self.kind]
         if self.length:
             kind += f" of length {self.length}"
         if self.lo is not None or self.hi is not None:
@@ -46,6 +47,13 @@ class Key:
         if value is None:
             if self.optional:
                 return None
+            raise bad
+        if self.kind == "variants":  # study.variants: names, or name -> {section.key: value} (study.py checks them)
+            if isinstance(value, dict) and all(isinstance(k, str) and (v is None or isinstance(v, dict))
+                                               for k, v in value.items()):
+                return {k: dict(v or {}) for k, v in value.items()}
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return {v: {} for v in value}
             raise bad
         if self.kind in ("ints", "floats", "strs"):
             elem = {"ints": int, "floats": float, "strs": str}[self.kind]
@@ -192,7 +200,11 @@ SCHEMA = {
         "eta": _k(0.0, float, "within-cluster diversity: >0 favours atypical points, <0 prototypes", lo=-10.0, hi=10.0),
         "warmup_epochs": _k(10, int, "T_w: plain DINO epochs on uniform subsets before the first curation", lo=0),
         "every": _k(5, int, "T_s: epochs between curations (dynamic mode)", lo=1),
-        "pool_size": _k(None, int, "pool P embedded at each curation (null: whole archive)", lo=1, optional=True),
+        "pool_fraction": _k(0.5, float, "pool P embedded at each curation, as a fraction of the archive: "
+                            "|P| = ceil(pool_fraction * N), at least the kept ceil(rho * N) (1.0: whole archive)",
+                            lo=1e-4, hi=1.0),
+        "pool_size": _k(None, int, "pool P as a number of images; when set it replaces pool_fraction", lo=1,
+                        optional=True),
         "kmeans_sample": _k(None, int, "points the k-means is fitted on (null: whole pool)", lo=1, optional=True),
         "levels": _k([100, 10], "ints", "clusters per level, finest first", lo=1),
         "resample_steps": _k(1, int, "Vo et al. resampling steps per level", lo=0),
@@ -238,8 +250,11 @@ SCHEMA = {
     "study": {
         "out": _k("runs/study", str, "study folder"),
         "seeds": _k([0, 1, 2], "ints", "seeds per variant", lo=0),
-        "variants": _k(["none", "static", "dynamic", "rho0.1", "rho0.5", "eta-1", "eta1"], "strs",
-                       "variants to run (defined in study.py)"),
+        "base": _k(None, str, "config file whose sections are the study's base; the study file's own sections "
+                   "override it (null: the study file alone)", optional=True),
+        "variants": _k(["none", "static", "dynamic"], "variants",
+                       "variants to run: names from study.py VARIANTS (none, static, dynamic, rho0.1, rho0.5, "
+                       "eta-1, eta1), or a mapping name -> {prune.key: value} (null: a known name); prune.* only"),
         "scale": _k("cpu", str, "cpu: the config as it is; gpu: a larger archive and ViT-S/16 (study.py SCALES)",
                     choices=["cpu", "gpu"]),
         "rare_classes": _k(5, int, "report per-class accuracy of the archive's N least frequent classes", lo=0, hi=10),
@@ -302,7 +317,25 @@ def load(argv, stage=None):
         if "." not in dotted and stage is not None:
             dotted = f"{stage}.{dotted}"
         _set(cfg, dotted, value, "command line")
+    check_pool(cfg)
     return cfg
+
+
+def apply(cfg, overrides, origin):
+    """A copy of a resolved cfg with {section.key: value} overrides validated and set (study.py's variants)."""
+    out = json.loads(json.dumps(cfg))
+    for dotted, value in overrides.items():
+        _set(out, dotted, value, origin)
+    check_pool(out)
+    return out
+
+
+def check_pool(cfg):
+    """The kept ceil(rho * N) images are drawn from the pool, so a curating run needs pool_fraction >= rho."""
+    p = cfg["prune"]
+    if p["mode"] != "none" and p["pool_size"] is None and p["pool_fraction"] < p["rho"]:
+        raise ConfigError(f"config key 'prune.pool_fraction': {p['pool_fraction']} is below prune.rho={p['rho']}; "
+                          f"the kept ceil(rho * N) images are drawn from the pool (1.0: the whole archive)")
 
 
 def load_or_exit(argv, stage=None):

@@ -375,6 +375,16 @@ def periodic_eval(backbone, cfg, device):
         backbone.train(was_training)
 
 
+def curation_share(log_path):
+    """Curation (embedding + k-means + sampling) vs training wall time over the whole run, resumes included:
+    every epoch record of log.jsonl (an interrupted epoch and its resumed rest are both time spent; epoch_s
+    includes the epoch's curation_s, not its kNN evaluation)."""
+    epochs = [r for r in map(json.loads, open(log_path)) if r.get("event") == "epoch"]
+    cur = sum(r["curation_s"] for r in epochs if "curation" in r)  # a uniform subset draw is not a curation
+    train = sum(r["epoch_s"] for r in epochs) - cur
+    return {"curation_s": cur, "train_s": train, "curation_share": cur / train if train > 0 else 0.0}
+
+
 class RunLog:
     """Appends JSON records to <out>/log.jsonl (rank 0 only; other ranks get a no-op)."""
 
@@ -592,7 +602,8 @@ class Trainer:
             if self.main:
                 tqdm.write(f"warning: epoch {epoch}: the loss stayed within 1% of ln(out_dim) = {self.ln_k:.3f} all "
                            f"epoch: the teacher and student outputs look collapsed to uniform", file=sys.stderr)
-        if complete and t["eval_every"] and (epoch + 1) % t["eval_every"] == 0 and self.main:
+        last = self.iteration == self.stop_at  # a run cut by train.max_iters still gets its final evaluation
+        if t["eval_every"] and (complete and (epoch + 1) % t["eval_every"] == 0 or last) and self.main:
             result = periodic_eval(self.teacher.backbone, self.cfg, self.device)
             if result is not None:
                 record["knn"] = result
@@ -606,12 +617,17 @@ class Trainer:
         """Train from the current iteration to the end (or train.max_iters); export the teacher backbone."""
         bar = tqdm(total=self.stop_at, initial=self.iteration, disable=not self.main, dynamic_ncols=True,
                    mininterval=1.0)
+        if self.iteration == 0 and self.t["eval_every"] and self.main:  # the curve's starting point: the init
+            result = periodic_eval(self.teacher.backbone, self.cfg, self.device)
+            if result is not None:
+                self.log.write(event="eval", epoch=-1, iteration=0, knn=result)
         try:
             while self.iteration < self.stop_at:
                 self.run_epoch(self.iteration // self.ipe, bar)
         finally:
             bar.close()
         if self.main:
+            self.log.write(event="done", iteration=self.iteration, **curation_share(self.log.path))
             backbone = {k: v.detach().cpu() for k, v in self.teacher.backbone.state_dict().items()}
             atomic_save(backbone, os.path.join(self.out, "backbone.pt"))
             self.say(f"done at iteration {self.iteration}; teacher backbone in {os.path.join(self.out, 'backbone.pt')}")

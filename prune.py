@@ -1,7 +1,8 @@
 """Stage 3: cluster-balanced dynamic dataset pruning (Kerdreux et al. 2025 with Vo et al. 2024), and the
 offline curation CLI.
 
-What it does (../shared/docs/METHOD.md): a curation embeds a uniform random pool P of the archive with the
+What it does (../shared/docs/METHOD.md): a curation embeds a uniform random pool P of the archive (|P| =
+ceil(prune.pool_fraction * N), or prune.pool_size, never below the kept ceil(rho * N)) with the
 *current* teacher backbone (CLS token / pooled features, one centre view, no augmentation), fits hierarchical
 k-means on a subsample of P (kmeans.py, with Vo et al.'s resampling steps), assigns every pool image to its leaf
 cluster, and keeps exactly ceil(rho * N) images: top-down water-filling over the hierarchy (each node gives every
@@ -209,6 +210,13 @@ def embed_pool(backbone, dataset, pool, batch_size, device):
     return torch.cat(feats) if feats else torch.empty(0, dim, device=device)
 
 
+def pool_size(p, n):
+    """Images embedded at one curation: prune.pool_size when set, else ceil(pool_fraction * N); never fewer than
+    the kept ceil(rho * N) (a smaller pool could not fill the kept set), never more than N."""
+    size = p["pool_size"] if p["pool_size"] is not None else math.ceil(p["pool_fraction"] * n - 1e-9)
+    return int(min(n, max(size, math.ceil(p["rho"] * n - 1e-9))))
+
+
 def rebalance(backbone, dataset, cfg, epoch, device):
     """Re-curate the training set with the model's own features: embed a uniform random pool of the archive
     with `backbone`, cluster it hierarchically, draw a cluster-balanced ceil(rho * N) subset.
@@ -220,8 +228,9 @@ def rebalance(backbone, dataset, cfg, epoch, device):
     n = len(dataset)
     g = make_generator(cfg["train"]["seed"], epoch)
     pool = np.arange(n)
-    if p["pool_size"] is not None and p["pool_size"] < n:
-        pool = np.sort(torch.randperm(n, generator=g)[:p["pool_size"]].numpy())
+    size = pool_size(p, n)
+    if size < n:
+        pool = np.sort(torch.randperm(n, generator=g)[:size].numpy())
     start = time.perf_counter()
     features = embed_pool(backbone, dataset, pool, p["batch_size"], device)
     embed_s = time.perf_counter() - start
@@ -231,7 +240,8 @@ def rebalance(backbone, dataset, cfg, epoch, device):
                                   resample_steps=p["resample_steps"], sample_size=p["resample_size"],
                                   sample_rule=p["resample_rule"], metric=p["metric"], init=p["init"],
                                   mem_bytes=p["memory_mb"] << 20, labels=dataset.meta["class_idx"][pool], meta=meta)
-    info.update(epoch=epoch, embed_s=embed_s, cluster_s=time.perf_counter() - start - embed_s)
+    info.update(epoch=epoch, embed_s=embed_s, cluster_s=time.perf_counter() - start - embed_s,
+                pool_fraction=len(pool) / n)
     return np.sort(pool[kept]).astype(np.int64), info, pool, clusters
 
 

@@ -1,30 +1,49 @@
-"""Reproduction study: does dynamic pruning help, at equal compute? Runs the stages for every variant and seed.
+"""The study: does dynamic pruning converge faster than uniform subsets, at equal compute? Pretrains and evaluates
+every variant x seed, then reports convergence (iterations to a kNN target) and final metrics with intervals.
 
-Reads   a config (configs/study.yaml on CPU); its data/model/train/prune/eval sections are the shared base.
-Writes  <study.out>/<variant>/seed<S>/      one pretraining run each (log.jsonl, checkpoint.pt, backbone.pt)
-        <study.out>/<variant>/seed<S>/eval/ its evaluation (report.json, report.md, plots)
-        <study.out>/baselines/eval/         random-init and physics baselines, evaluated once
-        <study.out>/results.md              mean +- std over seeds per variant, with the baselines
-        <study.out>/results.json            the same numbers, plus every run's
-        <study.out>/convergence.png         kNN accuracy on the validation split vs epoch, all variants
+Reads   a study config (configs/study.yaml). `study.base` names a config whose sections are the base (the
+        study file's own sections override it, then the command line); the resolved result is written to
+        <study.out>/config.yaml and is the file every stage reads.
+Writes  <study.out>/<variant>/seed<S>/      one pretraining run (log.jsonl with the validation kNN at iteration 0
+                                            and after every epoch, checkpoint.pt, backbone.pt), run.json (its
+                                            config hash, status, wall times) and eval/ (report.json, report.md)
+        <study.out>/baselines/              random-init and physics baselines, evaluated once
+        <study.out>/results.md, results.json, convergence.png
 
 Commands:
-    python study.py configs/study.yaml                                    # the CPU study (~1 h on 2 cores)
+    python study.py configs/study.yaml                                        # none / static / dynamic x 3 seeds
     python study.py configs/study.yaml study.variants=[none,dynamic] study.seeds=[0]   # a quick look
-    python study.py configs/study.yaml study.scale=gpu                    # larger archive and ViT-S/16, one GPU
-    torchrun is not needed: each stage is launched as a subprocess with the command a user would type.
-The study resumes: a run whose report.json exists is not redone (delete the folder to redo it).
+    python study.py configs/study.yaml "study.variants=[none,dynamic,rho0.1,rho0.5,eta-1,eta1]"   # the sweeps
+    python study.py configs/study.yaml "study.variants={none: null, p1: {prune.pool_fraction: 1.0}}"  # your own
+    python study.py configs/study.yaml study.scale=gpu                        # larger archive and ViT-S/16, one GPU
+Each stage runs as the subprocess a user would type (no torchrun needed).
 
-Variants (all at equal compute: every run does the same number of iterations of the same global batch):
-    none      a fresh uniform random subset of rho*N images every epoch
+Variants (study.variants: names, or name -> {prune.key: value}; a variant may set only prune.* keys, so every
+variant runs the same iterations of the same batch on the same model; the curation it adds is timed, not hidden):
+    none      a fresh uniform random subset of rho*N images every epoch (the reference)
     static    clustered once after the warm-up, that subset kept to the end
     dynamic   re-clustered every prune.every epochs after the warm-up (the paper's method)
-    rho0.1, rho0.5   dynamic with another kept fraction; an epoch is ceil(rho*N/batch) iterations, so the
-              number of epochs is set to keep the total iterations as equal as whole epochs allow, and the
-              warm-up, curation period and teacher warm-up (all in epochs) are scaled with it
+    rho0.1, rho0.5   dynamic with another kept fraction: train.epochs (and the warm-ups, prune.every,
+              freeze_last_layer) are rescaled to ceil(base iterations / iterations per epoch) and train.max_iters
+              stops the run at exactly the base's iterations (its schedules then end < 1 epoch early)
     eta-1, eta1      dynamic with within-cluster sampling favouring prototypes (-1) or atypical points (+1)
+The same seed gives every variant the same initial weights and the same warm-up subsets, so differences to
+`none` are paired by seed.
+
+Resume: a run is identified by a hash of its stage configs, the code (every top-level .py but study.py) and the
+prepared data's manifests, stored in run.json. Rerunning skips finished runs with the same hash, resumes
+unfinished ones (pretrain.py resumes from its checkpoint) and refuses, before running anything, when a run
+folder holds a run made with other code or config (delete that folder to redo it, or use another study.out).
+
+results.md: per variant, iterations and images seen to reach 90 % and 95 % of `none`'s final validation kNN
+accuracy (linear interpolation between evaluations; "not reached" when a seed never gets there), final test
+metrics (linear accuracy, balanced accuracy, kNN accuracy, mean recall of the rarest classes, wind and Hs RMSE),
+each as mean ± 95 % t-interval over seeds, the paired difference to `none` with its interval, and the wall time of
+training with the curation cost (embedding + k-means + sampling) as a share of it.
 """
 
+import glob
+import hashlib
 import json
 import math
 import os
@@ -32,19 +51,24 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+import yaml
 
 import config
+import shards
+import study_report
 
 VARIANTS = {
     "none": {"prune.mode": "none"},
     "static": {"prune.mode": "static"},
     "dynamic": {"prune.mode": "dynamic"},
     "rho0.1": {"prune.mode": "dynamic", "prune.rho": 0.1},
-    "rho0.5": {"prune.mode": "dynamic", "prune.rho": 0.5},
+    "rho0.5": {"prune.mode": "dynamic", "prune.rho": 0.5, "prune.pool_fraction": 1.0},  # the pool must exceed rho
     "eta-1": {"prune.mode": "dynamic", "prune.eta": -1.0},
     "eta1": {"prune.mode": "dynamic", "prune.eta": 1.0},
 }
+# Epoch-counted settings rescaled with the epoch count when a variant changes prune.rho.
+EPOCH_KEYS = ("train.warmup_epochs", "train.warmup_teacher_temp_epochs", "prune.warmup_epochs", "prune.every",
+              "train.freeze_last_layer")
 
 # study.scale=gpu: a larger archive at the paper's resolution and a ViT-S/16, for one GPU.
 SCALES = {
@@ -58,42 +82,118 @@ SCALES = {
             "prune.every": 5, "prune.levels": [1000, 100], "prune.kmeans_sample": 100_000},
 }
 
-METRICS = [  # (column, task, probe, metric)
-    ("balanced acc (linear)", "classification", "linear", "balanced_accuracy"),
-    ("acc (linear)", "classification", "linear", "accuracy"),
-    ("acc (kNN)", "classification", "knn", "accuracy"),
-    ("wind RMSE m/s (linear)", "wind", "linear", "rmse"),
-    ("Hs RMSE m (linear)", "hs", "linear", "rmse"),
-]
 
-
-def variant_overrides(name, cfg):
-    """Overrides of one variant, with the epoch counts rescaled so every variant runs the same iterations."""
-    if name not in VARIANTS:
-        raise config.ConfigError(f"config key 'study.variants': unknown variant '{name}'; "
-                                 f"known: {', '.join(VARIANTS)}")
-    over = dict(VARIANTS[name])
-    rho = over.get("prune.rho", cfg["prune"]["rho"])
-    if rho != cfg["prune"]["rho"]:
-        n = cfg["data"]["num_samples"] if cfg["data"]["source"] == "synthetic" else None
-        if n is None:
-            raise config.ConfigError("config key 'study.variants': the rho sweep needs data.source=synthetic "
-                                     "(the archive size sets the epoch length)")
-        batch = cfg["train"]["batch_size_per_gpu"]
-        ipe = lambda r: math.ceil(math.ceil(r * n) / batch)  # noqa: E731  iterations per epoch (METHOD.md)
-        total = cfg["train"]["epochs"] * ipe(cfg["prune"]["rho"])
-        epochs = max(1, round(total / ipe(rho)))
-        factor = epochs / cfg["train"]["epochs"]
-        over["train.epochs"] = epochs
-        for key in ("train.warmup_epochs", "train.warmup_teacher_temp_epochs", "prune.warmup_epochs",
-                    "prune.every", "train.freeze_last_layer"):
-            section, k = key.split(".")
-            over[key] = max(1 if key == "prune.every" else 0, int(round(cfg[section][k] * factor)))
-    return over
+class StudyError(RuntimeError):
+    """A study folder that cannot be resumed safely (one line, exit code 2)."""
 
 
 def as_args(overrides):
     return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+# ---------------------------------------------------------------------------------------------- config
+def load_study(argv):
+    """(resolved cfg, {variant: overrides}); raises config.ConfigError naming the key."""
+    cfg = config.load(argv, stage="study")
+    base, layers = cfg["study"]["base"], [argv[0]]
+    if base:
+        if not os.path.isfile(base):
+            raise config.ConfigError(f"config key 'study.base': config file '{base}' does not exist")
+        with open(argv[0]) as f:
+            own = yaml.safe_load(f) or {}
+        layers = [base] + as_args({f"{s}.{k}": v for s, keys in own.items() for k, v in (keys or {}).items()})
+    cfg = config.load(layers + as_args(SCALES[cfg["study"]["scale"]]) + argv[1:], stage="study")
+    seeds = cfg["study"]["seeds"]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise config.ConfigError(f"config key 'study.seeds': got {seeds}, expected a non-empty list of distinct seeds")
+    names = cfg["study"]["variants"]
+    names = {n: {} for n in names} if isinstance(names, list) else names  # the default is a list
+    if not names:
+        raise config.ConfigError("config key 'study.variants': empty; name at least one variant")
+    return cfg, {name: variant_overrides(name, given, cfg) for name, given in names.items()}
+
+
+def archive_size(cfg):
+    if cfg["data"]["source"] == "synthetic":
+        return cfg["data"]["num_samples"]
+    if os.path.isfile(os.path.join(cfg["train"]["data"], "manifest.json")):
+        return len(shards.ShardDataset(cfg["train"]["data"]))
+    raise config.ConfigError("config key 'study.variants': a prune.rho variant needs the archive size: "
+                             "data.source=synthetic or a prepared train.data")
+
+
+def variant_overrides(name, given, cfg):
+    """The variant's overrides, with the epoch counts rescaled so it runs exactly the base's iterations."""
+    key = f"study.variants.{name}"
+    if not given:
+        if name not in VARIANTS:
+            raise config.ConfigError(f"config key 'study.variants': unknown variant '{name}'; known: "
+                                     f"{', '.join(VARIANTS)} (or define it as {name}: {{prune.key: value}})")
+        given = VARIANTS[name]
+    for k in given:
+        if not k.startswith("prune."):
+            raise config.ConfigError(f"config key '{key}': '{k}' would change the compute budget; a variant may "
+                                     f"only set prune.* keys (the epochs follow prune.rho)")
+    trial = config.apply(cfg, given, f"config key '{key}'")
+    over = dict(given)
+    rho, base_rho = trial["prune"]["rho"], cfg["prune"]["rho"]
+    if rho != base_rho:
+        n, batch = archive_size(cfg), cfg["train"]["batch_size_per_gpu"]
+        ipe = lambda r: math.ceil(math.ceil(r * n - 1e-9) / batch)  # noqa: E731  iterations per epoch (METHOD.md)
+        total = cfg["train"]["epochs"] * ipe(base_rho)
+        epochs = math.ceil(total / ipe(rho))
+        factor = epochs / cfg["train"]["epochs"]
+        over["train.epochs"] = epochs
+        over["train.max_iters"] = total  # the schedules span whole epochs; the run stops at the base's iterations
+        for k in EPOCH_KEYS:
+            section, sub = k.split(".")
+            over[k] = max(1 if k == "prune.every" else 0, int(round(trial[section][sub] * factor)))
+    return over
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def code_hash():
+    """The stage code every run depends on: all top-level .py files but this one (which only orchestrates)."""
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+        if os.path.basename(path) != "study.py":
+            h.update(os.path.basename(path).encode() + open(path, "rb").read())
+    return h.hexdigest()
+
+
+def run_hash(resolved, overrides, code, ignore=()):
+    """Hash of what a run's stages see: their resolved configs (study.* and `ignore` aside), code and data."""
+    cfg = config.apply(config.load([resolved]), overrides, "run")
+    cfg.pop("study")
+    for dotted in ignore:
+        section, key = dotted.split(".")
+        cfg[section].pop(key)
+    manifests = []
+    for folder in (cfg["train"]["data"], cfg["eval"]["classification"], cfg["eval"]["regression"]):
+        path = os.path.join(folder or "", "manifest.json")
+        manifests.append(open(path).read() if folder and os.path.isfile(path) else "")
+    return hashlib.sha256(json.dumps([cfg, code, manifests], sort_keys=True).encode()).hexdigest()
+
+
+def run_status(folder, digest):
+    """'new', 'running' or 'done'; raises StudyError when the folder holds a run made with other config/code."""
+    path = os.path.join(folder, "run.json")
+    if not os.path.exists(path):
+        if os.path.isdir(folder) and os.listdir(folder):
+            raise StudyError(f"{folder} holds a run without run.json (an older study.py)")
+        return "new"
+    record = json.load(open(path))
+    if record.get("hash") != digest:
+        raise StudyError(f"{folder} was made with a different config or code (hash {record.get('hash', '')[:10]}, "
+                         f"now {digest[:10]})")
+    return record["status"]
+
+
+def write_json(path, data):
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def run_stage(script, cfg_path, args, log_path):
@@ -110,144 +210,71 @@ def run_stage(script, cfg_path, args, log_path):
     return time.perf_counter() - t
 
 
-def run_variant(cfg_path, cfg, base, name, seed):
-    """Pretrain and evaluate one (variant, seed), unless its report already exists."""
-    out = os.path.join(cfg["study"]["out"], name, f"seed{seed}")
-    report = os.path.join(out, "eval", "report.json")
-    if os.path.exists(report):
-        return report
-    os.makedirs(out, exist_ok=True)
-    over = {**base, **variant_overrides(name, cfg), "train.out": out, "train.seed": seed,
-            "train.eval_every": 1, "train.eval_data": cfg["eval"]["classification"]}
-    t = run_stage("pretrain.py", cfg_path, as_args(over), os.path.join(out, "pretrain.out"))
-    e = run_stage("evaluate.py", cfg_path, as_args({**base, "eval.checkpoint": os.path.join(out, "checkpoint.pt"),
-                                                    "eval.out": os.path.join(out, "eval"),
-                                                    "eval.baselines": False}), os.path.join(out, "evaluate.out"))
-    print(f"  {name} seed {seed}: pretrain {t:.0f} s, evaluate {e:.0f} s")
-    return report
+def plan_runs(cfg, resolved, variants):
+    """[(folder, stages, hash)] for every variant x seed, then the baselines; stages = [(script, overrides)]."""
+    out, code, runs = cfg["study"]["out"], code_hash(), []
+    for name, over in variants.items():
+        for seed in cfg["study"]["seeds"]:
+            folder = os.path.join(out, name, f"seed{seed}")
+            train = {**over, "train.out": folder, "train.seed": seed, "train.eval_every": 1,
+                     "train.eval_data": cfg["eval"]["classification"]}
+            evaluate = {"eval.checkpoint": os.path.join(folder, "checkpoint.pt"),
+                        "eval.out": os.path.join(folder, "eval"), "eval.baselines": False}
+            digest = run_hash(resolved, {**train, **evaluate}, code)
+            runs.append((folder, [("pretrain.py", train), ("evaluate.py", evaluate)], digest))
+    # The baselines evaluate random-init and physics features; the checkpoint only gives the architecture.
+    first = os.path.join(runs[0][0], "checkpoint.pt")
+    base = {"eval.checkpoint": first, "eval.out": os.path.join(out, "baselines", "eval"), "eval.baselines": True}
+    runs.append((os.path.join(out, "baselines"), [("evaluate.py", base)],
+                 run_hash(resolved, base, code, ignore=("eval.checkpoint",))))
+    return runs
 
 
-def metric(result, task, probe, key):
-    try:
-        return float(result[task][probe][key])
-    except (KeyError, TypeError):
-        return float("nan")
-
-
-def rarest_classes(cfg, count):
-    """The archive's `count` least frequent classes: the tail the pruner is meant to rebalance."""
-    import shards
-    meta = shards.ShardDataset(os.path.join(cfg["data"]["root"], "archive")).meta
-    names, counts = np.unique(meta["class_name"][meta["class_idx"] >= 0], return_counts=True)
-    return [str(n) for n in names[np.argsort(counts)][:count]]
-
-
-def fmt(values, scale=1.0, digits=1):
-    v = np.asarray(values, dtype=float) * scale
-    v = v[np.isfinite(v)]
-    if len(v) == 0:
-        return "–"
-    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v.mean():.{digits}f}"
-
-
-def results_table(runs, baselines, rare):
-    """Markdown: one row per variant (mean ± std over seeds), then the baselines (one evaluation)."""
-    pct = lambda col: "acc" in col  # noqa: E731  accuracies in %, RMSEs in their units
-    header = ["variant", "seeds"] + [c for c, *_ in METRICS] + [f"{r} (linear)" for r in rare]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = [(name, [r["results"]["pretrained"] for r in reports]) for name, reports in runs.items()]
-    rows += [(f"baseline: {m}", [res]) for m, res in baselines.items()]
-    for name, results in rows:
-        cells = [name, str(len(results))]
-        for col, task, probe, key in METRICS:
-            cells.append(fmt([metric(r, task, probe, key) for r in results], 100 if pct(col) else 1,
-                             1 if pct(col) else 2))
-        for cls in rare:
-            cells.append(fmt([r.get("classification", {}).get("linear", {}).get("per_class", {}).get(cls, np.nan)
-                              for r in results], 100, 0))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def convergence_plot(cfg, names, seeds, path):
-    """kNN accuracy on the validation split after every epoch, mean over seeds, one line per variant."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name in names:
-        curves = []
-        for seed in seeds:
-            log = os.path.join(cfg["study"]["out"], name, f"seed{seed}", "log.jsonl")
-            records = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
-            points = {r["iteration"]: r["knn"]["knn_acc"] for r in records
-                      if r.get("event") == "epoch" and isinstance(r.get("knn"), dict) and "knn_acc" in r["knn"]}
-            if points:
-                curves.append(points)
-        if not curves:
+def execute(runs, resolved):
+    """Check every run folder first (refuse before any work), then run what is not done."""
+    status, bad = {}, []
+    for folder, _, digest in runs:
+        try:
+            status[folder] = run_status(folder, digest)
+        except StudyError as e:
+            bad.append(str(e))
+    if bad:
+        raise StudyError(f"{len(bad)} run folder(s) cannot be resumed: {bad[0]}{'; ...' if len(bad) > 1 else ''}; "
+                         f"delete them to redo them, or set study.out to a new folder")
+    for folder, stages, digest in runs:
+        if status[folder] == "done":
+            print(f"  {folder}: done (same hash), skipped")
             continue
-        iters = sorted(set.intersection(*(set(c) for c in curves)))
-        mean = np.array([[c[i] for i in iters] for c in curves]).mean(0)
-        ax.plot(iters, 100 * mean, marker="o", ms=3, label=f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-    ax.set_xlabel("iteration (equal compute across variants)")
-    ax.set_ylabel("kNN accuracy on the validation split (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        os.makedirs(folder, exist_ok=True)
+        record = {"hash": digest, "status": "running"}
+        write_json(os.path.join(folder, "run.json"), record)
+        for script, over in stages:
+            record[script.replace(".py", "_s")] = run_stage(script, resolved, as_args(over),
+                                                           os.path.join(folder, script.replace(".py", ".out")))
+        write_json(os.path.join(folder, "run.json"), {**record, "status": "done"})
+        print(f"  {folder}: " + ", ".join(f"{k} {v:.0f} s" for k, v in record.items() if k.endswith("_s")))
 
 
 def main(argv):
-    cfg = config.load_or_exit(argv, stage="study")
+    try:
+        cfg, variants = load_study(argv)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     s = cfg["study"]
-    base = SCALES[s["scale"]]
-    cfg = config.load_or_exit(argv + as_args(base), stage="study")  # the base config every stage will see
-    for name in s["variants"]:
-        try:
-            variant_overrides(name, cfg)
-        except config.ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-    # The study's own config file, with the scale applied, is what every stage reads.
-    cfg_path = argv[0]
-    os.makedirs(s["out"], exist_ok=True)
-    config.save(cfg, s["out"])
-    print(f"study: {len(s['variants'])} variants x {len(s['seeds'])} seeds, scale {s['scale']}, in {s['out']}")
+    resolved = config.save(cfg, s["out"])  # what every stage reads
+    print(f"study: {', '.join(variants)} x seeds {s['seeds']}, scale {s['scale']}, in {s['out']}")
     start = time.perf_counter()
-    data_args = as_args({k: v for k, v in base.items() if k.startswith("data.")})
-    if not os.path.exists(os.path.join(cfg["data"]["root"], "archive", "manifest.json")):
-        run_stage("prepare.py", cfg_path, data_args, os.path.join(s["out"], "prepare.out"))
-    baseline_dir = os.path.join(s["out"], "baselines")
-    reports = {}
-    for name in s["variants"]:
-        reports[name] = [run_variant(cfg_path, cfg, base, name, seed) for seed in s["seeds"]]
-    baseline_report = os.path.join(baseline_dir, "eval", "report.json")
-    if not os.path.exists(baseline_report):
-        first = os.path.join(s["out"], s["variants"][0], f"seed{s['seeds'][0]}", "checkpoint.pt")
-        os.makedirs(baseline_dir, exist_ok=True)
-        run_stage("evaluate.py", cfg_path, as_args({**base, "eval.checkpoint": first,
-                                                    "eval.out": os.path.join(baseline_dir, "eval")}),
-                  os.path.join(baseline_dir, "evaluate.out"))
-    runs = {name: [json.load(open(p)) for p in paths] for name, paths in reports.items()}
-    results = json.load(open(baseline_report))["results"]
-    baselines = {m: results[m] for m in ("random_init", "physics") if m in results}
-    rare = rarest_classes(cfg, s["rare_classes"])
-    table = results_table(runs, baselines, rare)
-    minutes = (time.perf_counter() - start) / 60
-    text = (f"{table}\n\nMean ± std over seeds {s['seeds']} (population std). Accuracies in % on the test split; "
-            f"RMSE on the test split. Rare classes = the {len(rare)} least frequent in the archive. "
-            f"Baselines evaluated once (seed {cfg['eval']['seed']}). Study wall time this invocation: "
-            f"{minutes:.1f} min.\n")
-    with open(os.path.join(s["out"], "results.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(s["out"], "results.json"), "w") as f:
-        json.dump({"runs": {n: [r["results"]["pretrained"] for r in rs] for n, rs in runs.items()},
-                   "baselines": baselines, "rare_classes": rare, "seeds": s["seeds"]}, f, indent=1)
-    plot = convergence_plot(cfg, s["variants"], s["seeds"], os.path.join(s["out"], "convergence.png"))
+    if not os.path.exists(os.path.join(cfg["train"]["data"], "manifest.json")):
+        run_stage("prepare.py", resolved, [], os.path.join(s["out"], "prepare.out"))
+    try:
+        execute(plan_runs(cfg, resolved, variants), resolved)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    text = study_report.write(cfg, list(variants), (time.perf_counter() - start) / 60)
     print(text)
-    print(f"results: {os.path.join(s['out'], 'results.md')}\nconvergence: {plot}")
+    print(f"results: {os.path.join(s['out'], 'results.md')}\nconvergence: {os.path.join(s['out'], 'convergence.png')}")
 
 
 if __name__ == "__main__":

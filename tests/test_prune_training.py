@@ -33,7 +33,8 @@ def write_config(tmp_path, data, out, **overrides):
     """test_pretrain's tiny config as 6 epochs of 4 iterations at batch 16 (rho 0.2 of 300), dynamic pruning."""
     pruning = {"model__drop_path": 0.0, "train__epochs": 6, "train__batch_size_per_gpu": 16, "train__log_every": 4,
                "prune__mode": "dynamic", "prune__rho": 0.2, "prune__warmup_epochs": 2, "prune__every": 2,
-               "prune__levels": [12, 3], "prune__iters": 5, "prune__batch_size": 64}
+               "prune__levels": [12, 3], "prune__iters": 5, "prune__batch_size": 64,
+               "prune__pool_fraction": 1.0}
     return pretrain_config(tmp_path, data, out, **{**pruning, **overrides})
 
 
