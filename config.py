@@ -257,7 +257,7 @@ SCHEMA = {
                        "eta-1, eta1), or a mapping name -> {prune.key: value} (null: a known name); prune.* only"),
         "scale": _k("cpu", str, "cpu: the config as it is; gpu: a larger archive and ViT-S/16 (study.py SCALES)",
                     choices=["cpu", "gpu"]),
-        "rare_classes": _k(5, int, "report per-class accuracy of the archive's N least frequent classes", lo=0, hi=10),
+        "rare_classes": _k(5, int, "report the mean linear recall of the archive's N least frequent classes", lo=0, hi=10),
     },
 }
 
