@@ -53,7 +53,7 @@ class Key:
                                                for k, v in value.items()):
                 return {k: dict(v or {}) for k, v in value.items()}
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return {v: {} for v in value}
+                return list(value)
             raise bad
         if self.kind in ("ints", "floats", "strs"):
             elem = {"ints": int, "floats": float, "strs": str}[self.kind]

@@ -30,7 +30,7 @@ variant runs the same iterations of the same batch on the same model; the curati
 The same seed gives every variant the same initial weights and the same warm-up subsets, so differences to
 `none` are paired by seed.
 
-Resume: a run is identified by a hash of its stage configs, the code (every top-level .py but study.py) and the
+Resume: a run is identified by a hash of its stage configs, the code (every top-level .py but study*.py) and the
 prepared data's manifests, stored in run.json. Rerunning skips finished runs with the same hash, resumes
 unfinished ones (pretrain.py resumes from its checkpoint) and refuses, before running anything, when a run
 folder holds a run made with other code or config (delete that folder to redo it, or use another study.out).
@@ -153,11 +153,12 @@ def variant_overrides(name, given, cfg):
 
 # ---------------------------------------------------------------------------------------------- runs
 def code_hash():
-    """The stage code every run depends on: all top-level .py files but this one (which only orchestrates)."""
+    """The stage code every run depends on: all top-level .py files but the study's own (which only orchestrate
+    and report)."""
     h = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
     for path in sorted(glob.glob(os.path.join(here, "*.py"))):
-        if os.path.basename(path) != "study.py":
+        if os.path.basename(path) not in ("study.py", "study_report.py"):
             h.update(os.path.basename(path).encode() + open(path, "rb").read())
     return h.hexdigest()
 
