@@ -7,8 +7,8 @@ import json
 import os
 
 import numpy as np
-from scipy import stats
 
+import intervals
 import shards
 
 TARGETS = (0.90, 0.95)  # fractions of `none`'s final validation kNN accuracy
@@ -51,9 +51,7 @@ def t_interval(values):
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return float("nan"), float("nan"), 0
-    if len(v) == 1:
-        return float(v[0]), float("nan"), 1
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))), len(v)
+    return float(v.mean()), intervals.t_half_width(v) if len(v) > 1 else float("nan"), len(v)
 
 
 def cell(values, digits=1, missing="–"):

@@ -157,7 +157,7 @@ def test_iterations_to_target_interpolates_and_says_not_reached():
     assert study_report.iterations_to(its, acc, 0.4) == pytest.approx(15.0)
     assert study_report.iterations_to(its, acc, 0.1) == 0.0
     assert math.isnan(study_report.iterations_to(its, acc, 0.7))
-    assert study_report.cell([float("nan")] * 3) == "not reached"
+    assert study_report.cell([float("nan")] * 3, missing="not reached") == "not reached"
     assert study_report.cell([10.0, float("nan")], digits=0) == "10 (1/2)"
 
 
