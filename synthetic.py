@@ -52,8 +52,9 @@ intensity, sigma0 + NESZ, in dB (same imagettes otherwise).
 import math
 
 import numpy as np
-import scipy.fft
-from scipy.special import erf, ndtri
+from scipy.special import ndtri
+
+import fields
 
 CLASS_LETTERS = "FGHIJKLMNO"
 CLASS_NAMES = ["Pure Ocean Waves", "Wind Streaks", "Micro Convective Cells", "Rain Cells", "Biological Slicks",
@@ -132,135 +133,6 @@ def looks_for_spacing(pixel_spacing):
 def speckle(intensity, looks, rng):
     """Multiplicative L-look speckle: intensity x Gamma(L, 1/L) (unit mean, normalised variance 1/L)."""
     return intensity * rng.standard_gamma(looks, size=np.shape(intensity)) / looks
-
-
-# ------------------------------------------------------------------------------------------------ grid and fields
-class _Grid:
-    """Pixel coordinates (m) and the half-plane wavenumbers (rad/m) of a square imagette."""
-
-    def __init__(self, size, spacing):
-        self.size, self.spacing, self.extent = size, spacing, size * spacing
-        c = ((np.arange(size) - (size - 1) / 2) * spacing).astype(np.float32)
-        self.x, self.y = c[None, None, :], c[None, :, None]
-        fx, fy = np.fft.rfftfreq(size), np.fft.fftfreq(size)  # cycles per pixel
-        self.kx = (2 * np.pi * fx / spacing).astype(np.float32)[None, None, :]
-        self.ky = (2 * np.pi * fy / spacing).astype(np.float32)[None, :, None]
-        self.k = np.hypot(self.kx, self.ky)
-        self.transfer2 = ((np.sinc(fy)[:, None] * np.sinc(fx)[None, :]) ** 2).astype(np.float32)[None]
-        self.dk2 = (2 * np.pi / self.extent) ** 2
-        # pairs of N(0,1) become complex white noise of unit power: x sqrt(1/2); the self-mirrored columns
-        # (kx = 0, Nyquist) keep only their real part in irfft2, so they keep full power to stay white
-        self.noise_gain = np.where((fx == 0) | (fx == 0.5), 1.0, math.sqrt(0.5)).astype(np.float32)[None, None, :]
-
-
-def _field(z, density, g, gradient=False):
-    """Real Gaussian field from white noise z [n,H,Wr,2] (pairs of N(0,1)) shaped by a spectral density
-    [n,H,Wr] on the half-plane (variance per (rad/m)^2). Its variance is the density's integral over what the
-    grid resolves: a unit-integral density gives unit variance when its scales fit between two pixels and the
-    imagette, and fades where they do not (short swell on coarse pixels, a 5 km pattern in a 3 km imagette),
-    as in real data. gradient=True also returns d/dx and d/dy (per metre)."""
-    power = density * g.transfer2 * np.float32(g.dk2 * g.size ** 2)
-    spectrum = z.view(np.complex64)[..., 0] * (np.sqrt(power) * g.noise_gain).astype(np.float32)
-    if gradient:
-        spectrum = np.stack([spectrum, 1j * g.kx * spectrum, 1j * g.ky * spectrum])
-    out = scipy.fft.irfft2(spectrum, s=(g.size, g.size), norm="ortho")
-    return tuple(out) if gradient else out
-
-
-def _peak_pair(g, k0, direction_deg, sigma):
-    """Unit-integral pair of Gaussian peaks at +-k0 along direction (deg from +x): a real field's spectrum."""
-    kx0, ky0 = k0 * np.cos(np.radians(direction_deg)), k0 * np.sin(np.radians(direction_deg))
-    plus = np.exp(-((g.kx - kx0) ** 2 + (g.ky - ky0) ** 2) / (2 * sigma ** 2))
-    minus = np.exp(-((g.kx + kx0) ** 2 + (g.ky + ky0) ** 2) / (2 * sigma ** 2))
-    return (plus + minus) / (4 * np.pi * sigma ** 2)
-
-
-def _ring(g, k0, rel_width):
-    """Unit-integral isotropic band around wavenumber k0 (cells, meanders, roughness)."""
-    sigma = rel_width * k0
-    area = 2 * np.pi * (sigma ** 2 * np.exp(-0.5 / rel_width ** 2)
-                        + k0 * sigma * math.sqrt(np.pi / 2) * (1 + erf(1 / (rel_width * math.sqrt(2)))))
-    return np.exp(-0.5 * ((g.k - k0) / sigma) ** 2) / area
-
-
-def _lowpass(g, scale):
-    """Unit-integral smooth spectrum: features larger than about `scale` metres (blobs, outlines, bends)."""
-    return np.exp(-(g.k * scale / (2 * np.pi)) ** 2) * scale ** 2 / (4 * np.pi ** 3)
-
-
-def _oriented(g, k0, across_deg, rel_across, rel_along):
-    """Unit-integral pair of bands at +-k0 along across_deg, narrow in the perpendicular direction: parallel
-    crests elongated perpendicular to across_deg (streaks, leads)."""
-    a = np.radians(across_deg)
-    k_across = g.kx * np.cos(a) + g.ky * np.sin(a)
-    k_along = -g.kx * np.sin(a) + g.ky * np.cos(a)
-    s_across, s_along = rel_across * k0, rel_along * k0
-    return (np.exp(-0.5 * ((np.abs(k_across) - k0) / s_across) ** 2 - 0.5 * (k_along / s_along) ** 2)
-            / (4 * np.pi * s_across * s_along))
-
-
-def _stretched_lowpass(g, across, along, angle_deg):
-    """Unit-integral smooth spectrum of features about `along` m long and `across` m wide, elongated along
-    angle_deg: its zero lines are long, sparse, roughly parallel cracks (leads)."""
-    a = np.radians(angle_deg)
-    k_along = g.kx * np.cos(a) + g.ky * np.sin(a)
-    k_across = -g.kx * np.sin(a) + g.ky * np.cos(a)
-    return (np.exp(-(k_across * across / (2 * np.pi)) ** 2 - (k_along * along / (2 * np.pi)) ** 2)
-            * across * along / (4 * np.pi ** 3))
-
-
-def _unit_mean(m):
-    return m / m.mean(axis=(-2, -1), keepdims=True)
-
-
-def _line(dist, width, spacing):
-    """Pixel-averaged cross-section (peak 1 at full resolution) of a line `width` m wide at distance `dist`:
-    a line thinner than a pixel spreads over the pixel with its area kept, so its contrast drops."""
-    w_eff = np.sqrt(width ** 2 + spacing ** 2)
-    return (width / w_eff) * np.exp(-(2 * dist / w_eff) ** 2)
-
-
-def _sigmoid(t):
-    return 0.5 * (1.0 + np.tanh(0.5 * t))
-
-
-def _hash01(ix, iy, key, salt):
-    """Deterministic uniform [0, 1) per integer lattice cell (a 64-bit integer mix), for Voronoi floes."""
-    h = ix.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ iy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
-    h = h ^ key ^ np.uint64(salt * 0x165667B19E3779F9 & 0xFFFFFFFFFFFFFFFF)
-    for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
-        h = (h ^ (h >> np.uint64(33))) * np.uint64(mult)
-    return ((h ^ (h >> np.uint64(33))) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
-
-
-def _voronoi(x, y, cell, key):
-    """Jittered-grid Voronoi of cell size `cell` (m): distance to the nearest and second-nearest seed, and a
-    uniform value attached to the nearest seed. Each lattice cell holds one seed; only the 3x3 neighbouring
-    cells can hold a pixel's two nearest, so seeds are tabulated once per cell and gathered 9 times."""
-    n = len(x)
-    fx, fy = np.floor(x / cell), np.floor(y / cell)              # lattice cell of each pixel (float32)
-    lo_x = fx.min(axis=(1, 2), keepdims=True) - 1
-    lo_y = fy.min(axis=(1, 2), keepdims=True) - 1
-    span = int(max((fx - lo_x).max(), (fy - lo_y).max())) + 2
-    cells = np.arange(span)
-    jitter_x, jitter_y, values = (
-        _hash01(lo_x.astype(np.int64) + cells[None, None, :], lo_y.astype(np.int64) + cells[None, :, None], key,
-                salt).astype(np.float32).ravel() for salt in (1, 2, 3))
-    # flat table row of each pixel's own cell; a neighbour is a constant offset away
-    row = (np.arange(n)[:, None, None] * span * span + ((fy - lo_y) * span + (fx - lo_x)).astype(np.int64))
-    at = np.empty_like(row)
-    u, v = x / cell - fx, y / cell - fy                          # position inside the cell, in cells
-    d1 = np.full(x.shape, np.inf, np.float32)                    # squared distances, in cells^2
-    d2, value = d1.copy(), np.zeros(x.shape, np.float32)
-    for ox in (-1, 0, 1):
-        for oy in (-1, 0, 1):
-            np.add(row, oy * span + ox, out=at)
-            d = (u - ox - jitter_x.take(at)) ** 2 + (v - oy - jitter_y.take(at)) ** 2
-            nearer = d < d1
-            d2 = np.minimum(d2, np.maximum(d1, d))
-            value = np.where(nearer, values.take(at), value)
-            d1 = np.minimum(d1, d)
-    return np.sqrt(d1) * cell, np.sqrt(d2) * cell, value
 
 
 # ------------------------------------------------------------------------------------------------ conditions
@@ -380,10 +252,10 @@ class _Scene:
         k_sea = 0.877 ** 2 * G / self.wind ** 2              # wind-sea peak: omega_p = 0.877 g / U
         a_swell = gain * np.clip(tilt * k_swell * self.hs_swell / 2, floor, 0.45)
         a_sea = gain * np.clip(0.5 * tilt * k_sea * self.hs_windsea / 2, 0.0, 0.3)
-        density = (a_swell ** 2 * _peak_pair(g, k_swell, self.swell_dir, 0.06 * k_swell)
-                   + a_sea ** 2 * _peak_pair(g, k_sea, self.wind_dir, 0.35 * k_sea))
+        density = (a_swell ** 2 * fields.peak_pair(g, k_swell, self.swell_dir, 0.06 * k_swell)
+                   + a_sea ** 2 * fields.peak_pair(g, k_sea, self.wind_dir, 0.35 * k_sea))
         density = density * np.exp(-(g.ky * self.cutoff / (2 * np.pi)) ** 2)
-        return _unit_mean(np.exp(_field(self.z[:, 0], density, g)))
+        return fields.unit_mean(np.exp(fields.field(self.z[:, 0], density, g)))
 
     def ocean(self, gain=0.6):
         """Open-ocean background of the non-wave classes: CMOD5.n with weaker visible swell."""
@@ -400,20 +272,20 @@ def _render_streaks(s):
     g = s.g
     spacing = s.log_uniform(0, 800, 3000)
     axis = s.wind_dir + s.uniform(1, -15, 15)
-    rolls = _field(s.z[:, 1], _oriented(g, 2 * np.pi / spacing, axis + 90, 0.4, 0.1), g)
+    rolls = fields.field(s.z[:, 1], fields.oriented(g, 2 * np.pi / spacing, axis + 90, 0.4, 0.1), g)
     crosswind = 0.25 + 0.75 * np.cos(np.radians(s.wind_dir)) ** 2   # 3-10x weaker seen crosswind
     onset = np.clip(s.wind - 2.0, 0.0, 1.0)                          # no rolls below ~2 m/s
     a_wind = s.uniform(2, 0.045, 0.115) * crosswind * onset
-    m = _unit_mean(np.maximum(1 + a_wind * rolls, 0.2) ** s.wind_sensitivity())
+    m = fields.unit_mean(np.maximum(1 + a_wind * rolls, 0.2) ** s.wind_sensitivity())
     return s.ocean() * m, s.wind
 
 
 def _render_cells(s):
     """Micro-convective cells: bright 1-4 km cell bodies with thin darker rims, 10-30 % modulation."""
     size = s.log_uniform(0, 1000, 4000)
-    f = _field(s.z[:, 1], _ring(s.g, np.pi / size, 0.3), s.g)     # |f| has blobs of half the band's period
+    f = fields.field(s.z[:, 1], fields.ring(s.g, np.pi / size, 0.3), s.g)     # |f| has blobs of half the band's period
     cellular = (np.abs(f) - 0.798) / 0.603
-    return s.ocean() * _unit_mean(np.exp(s.uniform(1, 0.1, 0.3) * cellular)), s.wind
+    return s.ocean() * fields.unit_mean(np.exp(s.uniform(1, 0.1, 0.3) * cellular)), s.wind
 
 
 def _render_rain(s):
@@ -424,13 +296,13 @@ def _render_rain(s):
     # place a point of the arc inside the imagette, so that arc and core both show
     cx = s.uniform(2, -0.2, 0.2) * g.extent - radius * np.cos(psi)
     cy = s.uniform(3, -0.2, 0.2) * g.extent - radius * np.sin(psi)
-    outline = 1 + 0.08 * _field(s.z[:, 2], _lowpass(g, 3000.0), g)
+    outline = 1 + 0.08 * fields.field(s.z[:, 2], fields.lowpass(g, 3000.0), g)
     r = np.hypot(g.x - cx, g.y - cy) * outline
     width = s.uniform(4, 0.1, 0.2) * radius
     facing = (1 + np.cos(np.arctan2(g.y - cy, g.x - cx) - psi)) / 2
     arc = np.exp(-((r - radius) / width) ** 2) * facing ** s.uniform(5, 2, 6)
-    core = _sigmoid(-(r - 0.7 * radius) / (0.06 * radius))
-    rough = _field(s.z[:, 1], _ring(g, 2 * np.pi / s.uniform(6, 150, 400), 0.5), g)
+    core = fields.sigmoid(-(r - 0.7 * radius) / (0.06 * radius))
+    rough = fields.field(s.z[:, 1], fields.ring(g, 2 * np.pi / s.uniform(6, 150, 400), 0.5), g)
     db = s.uniform(7, 2, 5) * arc - s.uniform(8, 2, 6) * core + s.uniform(9, 0.5, 1.5) * rough * core
     return s.ocean() * 10 ** (db / 10), s.wind
 
@@ -438,12 +310,12 @@ def _render_rain(s):
 def _render_slicks(s):
     """Surfactant filaments: zero lines of a meandering field, 50-500 m wide, damping 3-10 dB, in patches."""
     g = s.g
-    stretch = _oriented(g, 2 * np.pi / s.log_uniform(0, 1000, 4000), s.uniform(4, 0, 180), 0.6, 0.3)
-    f, fx, fy = _field(s.z[:, 1], stretch, g, gradient=True)
+    stretch = fields.oriented(g, 2 * np.pi / s.log_uniform(0, 1000, 4000), s.uniform(4, 0, 180), 0.6, 0.3)
+    f, fx, fy = fields.field(s.z[:, 1], stretch, g, gradient=True)
     dist = np.abs(f) / np.maximum(np.hypot(fx, fy), 1e-9)   # distance to the zero line, metres
-    patches = _sigmoid(4 * (_field(s.z[:, 2], _lowpass(g, 2000.0), g) - s.uniform(2, -0.5, 0.5)))
+    patches = fields.sigmoid(4 * (fields.field(s.z[:, 2], fields.lowpass(g, 2000.0), g) - s.uniform(2, -0.5, 0.5)))
     damping = 1 - 10 ** (-s.uniform(3, 3, 10) / 10)
-    return s.ocean() * (1 - damping * _line(dist, s.log_uniform(1, 50, 500), g.spacing) * patches), s.wind
+    return s.ocean() * (1 - damping * fields.line(dist, s.log_uniform(1, 50, 500), g.spacing) * patches), s.wind
 
 
 def _render_sea_ice(s):
@@ -451,20 +323,20 @@ def _render_sea_ice(s):
     along floe edges, long leads of dark calm water or bright wind-roughened water."""
     g = s.g
     floe = s.log_uniform(0, 300, 3000)
-    warp = _field(s.z[:, 1], _lowpass(g, floe), g) * 0.3 * floe   # irregular floe edges
+    warp = fields.field(s.z[:, 1], fields.lowpass(g, floe), g) * 0.3 * floe   # irregular floe edges
     key = (s.u[:, 1, None, None] * 2.0 ** 53).astype(np.uint64)
     x = g.x + warp
     y = g.y + np.roll(warp, g.size // 2, axis=-1)                 # a shifted copy: nearly independent
-    d1, d2, value = _voronoi(x, y, floe, key)
+    d1, d2, value = fields.voronoi(x, y, floe, key)
     level_db = (s.uniform(2, -19, -13) - 0.3 * (s.incidence - 23.5)) + s.uniform(3, 1.5, 4) * (2 * value - 1)
-    ridged = _sigmoid(3 * np.roll(warp / (0.3 * floe), g.size // 2, axis=-2))
-    ridge_db = s.uniform(4, 3, 6) * _line((d2 - d1) / 2, s.log_uniform(5, 30, 120), g.spacing) * ridged
-    rough = _unit_mean(np.exp(0.2 * _field(s.z[:, 0], _ring(g, 2 * np.pi / 250.0, 0.5), g)))
+    ridged = fields.sigmoid(3 * np.roll(warp / (0.3 * floe), g.size // 2, axis=-2))
+    ridge_db = s.uniform(4, 3, 6) * fields.line((d2 - d1) / 2, s.log_uniform(5, 30, 120), g.spacing) * ridged
+    rough = fields.unit_mean(np.exp(0.2 * fields.field(s.z[:, 0], fields.ring(g, 2 * np.pi / 250.0, 0.5), g)))
     ice = 10 ** ((level_db + ridge_db) / 10) * rough
     gap = s.log_uniform(7, 2000, 8000)   # typical distance between leads
-    lf, lfx, lfy = _field(s.z[:, 2], _stretched_lowpass(g, gap, 4 * gap, s.uniform(6, 0, 180)), g, gradient=True)
+    lf, lfx, lfy = fields.field(s.z[:, 2], fields.stretched_lowpass(g, gap, 4 * gap, s.uniform(6, 0, 180)), g, gradient=True)
     has_leads = (s.u[:, 8, None, None] < 0.7).astype(np.float32)
-    lead = has_leads * _line(np.abs(lf) / np.maximum(np.hypot(lfx, lfy), 1e-9), s.log_uniform(9, 50, 400), g.spacing)
+    lead = has_leads * fields.line(np.abs(lf) / np.maximum(np.hypot(lfx, lfy), 1e-9), s.log_uniform(9, 50, 400), g.spacing)
     water = np.where(s.u[:, 10, None, None] < 0.5, np.float32(10 ** -2.8), s.cmod())  # calm or rough
     return ice * (1 - lead) + water * lead, s.wind
 
@@ -503,10 +375,10 @@ def _quantile(f, q):
 def _render_low_wind(s):
     """Calm blobs of several km (U < 2 m/s: sigma0 sinks to the noise floor) in a light breeze."""
     g = s.g
-    f = _field(s.z[:, 1], _lowpass(g, s.log_uniform(0, 1500, 5000)), g)
+    f = fields.field(s.z[:, 1], fields.lowpass(g, s.log_uniform(0, 1500, 5000)), g)
     threshold = _quantile(f, 1 - s.uniform(1, 0.35, 0.8))        # the calm covers 35-80 % of the imagette
-    calm = _sigmoid((f - threshold) / (0.15 * f.std(axis=(-2, -1), keepdims=True) + 1e-6))
-    inner = s.uniform(2, 0.3, 1.2) * np.maximum(1 + 0.3 * _field(s.z[:, 2], _lowpass(g, 800.0), g), 0.2)
+    calm = fields.sigmoid((f - threshold) / (0.15 * f.std(axis=(-2, -1), keepdims=True) + 1e-6))
+    inner = s.uniform(2, 0.3, 1.2) * np.maximum(1 + 0.3 * fields.field(s.z[:, 2], fields.lowpass(g, 800.0), g), 0.2)
     wind = s.wind * (1 - calm) + inner * calm
     return s.cmod(wind) * s.waves(0.5), wind.mean(axis=(-2, -1))
 
@@ -515,13 +387,13 @@ def _front_distance(s, j):
     """Signed distance (m) to a gently bent line crossing the imagette (class uniforms j..j+2)."""
     g = s.g
     normal = np.radians(s.uniform(j, 0, 360))
-    bend = s.uniform(j + 2, 0, 0.12) * g.extent * _field(s.z[:, 1], _lowpass(g, 6000.0), g)
+    bend = s.uniform(j + 2, 0, 0.12) * g.extent * fields.field(s.z[:, 1], fields.lowpass(g, 6000.0), g)
     return g.x * np.cos(normal) + g.y * np.sin(normal) - s.uniform(j + 1, -0.25, 0.25) * g.extent + bend
 
 
 def _render_atmospheric_front(s):
     """Two air masses: the wind changes by a factor 1.5-2.5 (and turns) across a 100 m-1 km wide front."""
-    side = _sigmoid(4 * _front_distance(s, 0) / s.log_uniform(3, 100, 1000))
+    side = fields.sigmoid(4 * _front_distance(s, 0) / s.log_uniform(3, 100, 1000))
     other = np.clip(s.wind * s.uniform(4, 1.5, 2.5) ** s.sign(5), 1.5, 25)
     wind = s.wind + (other - s.wind) * side
     wind_dir = s.wind_dir + s.uniform(6, -40, 40) * side
@@ -531,8 +403,8 @@ def _render_atmospheric_front(s):
 def _render_oceanic_front(s):
     """A current or temperature front: sides 0.5-2 dB apart and a thin bright or dark line along it."""
     dist = _front_distance(s, 0)
-    step = s.sign(3) * s.uniform(4, 0.5, 2.0) * (_sigmoid(4 * dist / s.log_uniform(5, 100, 400)) - 0.5)
-    line = s.sign(6) * s.uniform(7, 1.5, 4.0) * _line(dist, s.log_uniform(8, 50, 300), s.g.spacing)
+    step = s.sign(3) * s.uniform(4, 0.5, 2.0) * (fields.sigmoid(4 * dist / s.log_uniform(5, 100, 400)) - 0.5)
+    line = s.sign(6) * s.uniform(7, 1.5, 4.0) * fields.line(dist, s.log_uniform(8, 50, 300), s.g.spacing)
     return s.ocean() * 10 ** ((step + line) / 10), s.wind
 
 
@@ -583,7 +455,7 @@ def generate(start, count, *, image_size, pixel_spacing, seed, class_prior=None,
     balanced_classes: cycle through the classes of non-zero prior by index instead (exactly balanced sets);
     balanced_conditions: wind uniform 1-20 m/s and Hs uniform 0.5-10 m (within each class's physics)."""
     prior = _check_arguments(start, count, image_size, pixel_spacing, seed, class_prior, force_class)
-    g = _Grid(image_size, float(pixel_spacing))
+    g = fields.Grid(image_size, float(pixel_spacing))
     looks = looks_for_spacing(pixel_spacing)
     images = np.empty((count, image_size, image_size), np.float32)
     parts = []
