@@ -55,6 +55,7 @@ import numpy as np
 from scipy.special import ndtri
 
 import fields
+import waves
 
 CLASS_LETTERS = "FGHIJKLMNO"
 CLASS_NAMES = ["Pure Ocean Waves", "Wind Streaks", "Micro Convective Cells", "Rain Cells", "Biological Slicks",
@@ -74,8 +75,9 @@ TIME_RANGE = (np.datetime64("2016-01-01T00:00:00"), np.datetime64("2025-01-01T00
 CHUNK_PIXELS = 1 << 21         # samples rendered together: bounds memory, never changes the result
 
 # The uniforms of one imagette: the shared conditions first, then a block each class renderer reads its own way.
-_CONDITIONS = ["class", "beam", "incidence", "wind", "wind_dir", "period", "swell_dir", "swell_hs", "development",
-               "hs_target", "lat", "lon", "hemisphere", "time", "nesz", "cutoff"]
+_CONDITIONS = ["class", "beam", "incidence", "wind", "wind_dir", "fetch", "hs_target", "n_swell", "swell_split",
+               "period", "swell_dir", "swell_hs", "swell_spread", "period2", "swell2_dir", "swell2_hs",
+               "swell2_spread", "gust", "lat", "lon", "hemisphere", "time", "nesz"]
 _U = {name: j for j, name in enumerate(_CONDITIONS)}
 _CLASS_UNIFORMS = 40
 
@@ -169,6 +171,44 @@ def _draw_latitude(u_lat, u_hemisphere, class_idx):
     return np.select([class_idx == 5, class_idx == 6], [ice, berg], lat)
 
 
+def _swell_period_from_steepness(hs, u):
+    """Regression sets: a swell's period tied to its height by a steepness Hs / lambda of 0.004-0.03."""
+    wavelength = hs / (0.004 * 7.5 ** u)
+    return np.clip(np.sqrt(2 * np.pi * wavelength / G), 8, 18)
+
+
+def _draw_sea_state(col, wind, wind_dir, class_idx, balanced):
+    """Wind sea (fetch law, chi log-uniform over the 20x below full development) + 0-2 swells, as [n, 3] wave
+    systems (column 0 the wind sea; a zero height is an absent swell). Balanced: total Hs uniform 0.5-10 m
+    whatever the wind: the wind sea is younger (shorter fetch) where it would exceed 90 % of it, swell makes up
+    the rest and its period follows its height."""
+    n = len(wind)
+    n_swell = np.searchsorted([0.2, 0.7], col["n_swell"], side="right")
+    n_swell = np.where(class_idx == 0, 1 + (col["n_swell"] < 0.4), n_swell)   # pure waves: 1 or 2 swells
+    chi = waves.CHI_FULLY_DEVELOPED * 20.0 ** (col["fetch"] - 1)
+    if balanced:
+        hs_total = 0.5 + 9.5 * col["hs_target"]
+        chi = np.minimum(chi, waves.fetch_for_height(wind, 0.9 * hs_total))
+        n_swell = np.maximum(n_swell, 1)
+    hs_sea, omega_sea = waves.fetch_law(wind, chi)
+    if balanced:
+        share = np.where(n_swell == 2, 0.6 + 0.4 * col["swell_split"], 1.0)
+        swell_var = np.maximum(hs_total ** 2 - hs_sea ** 2, 0)
+        hs1, hs2 = np.sqrt(share * swell_var), np.sqrt((1 - share) * swell_var)
+        t1, t2 = _swell_period_from_steepness(hs1, col["period"]), _swell_period_from_steepness(hs2, col["period2"])
+    else:
+        hs1 = np.clip(1.5 * np.exp(0.5 * ndtri(col["swell_hs"])), 0.2, 8.0)
+        hs2 = np.clip(0.8 * np.exp(0.5 * ndtri(col["swell2_hs"])), 0.1, 5.0)
+        t1, t2 = np.clip(12.5 + 2.0 * ndtri(col["period"]), 8, 18), 8 + 8 * col["period2"]
+    damp = np.where(class_idx == 5, 0.05, 1.0)[:, None]   # pack ice damps the waves
+    return {"hs": damp * np.stack([hs_sea, hs1 * (n_swell >= 1), hs2 * (n_swell >= 2)], 1),
+            "omega_p": np.stack([omega_sea, 2 * np.pi / t1, 2 * np.pi / t2], 1),
+            "direction": np.stack([wind_dir + 180, 360 * col["swell_dir"], 360 * col["swell2_dir"]], 1) % 360,
+            "spread": np.stack([np.full(n, waves.WINDSEA_SPREAD), 10 * 6 ** col["swell_spread"],
+                                10 * 6 ** col["swell2_spread"]], 1),
+            "gamma": np.stack([np.full(n, waves.WINDSEA_GAMMA)] + [np.full(n, waves.SWELL_GAMMA)] * 2, 1)}
+
+
 def _draw_conditions(u, class_idx, balanced):
     """Every per-imagette condition from its uniforms u [n, K], vectorised (inverse-CDF transforms)."""
     col = {name: u[:, j] for name, j in _U.items()}
@@ -179,21 +219,10 @@ def _draw_conditions(u, class_idx, balanced):
     # annotators label streaks where rolls show, i.e. not crosswind: within 60 deg of up- or downwind
     v = 240 * col["wind_dir"]
     wind_dir = np.where(class_idx == 1, np.where(v < 120, v - 60, v), wind_dir) % 360
-    if balanced:
-        period = 8 + 10 * col["period"]
-    else:
-        period = np.clip(12.5 + 2.0 * ndtri(col["period"]), 8, 18)
-    hs_windsea = (0.3 + 0.7 * col["development"]) * 0.0245 * wind ** 2   # fetch/duration-limited PM
-    if balanced:   # total Hs uniform whatever the wind: the wind sea gives way, swell makes up the rest
-        hs_total = 0.5 + 9.5 * col["hs_target"]
-        hs_windsea = np.minimum(hs_windsea, 0.9 * hs_total)
-        hs_swell = np.sqrt(hs_total ** 2 - hs_windsea ** 2)
-    else:
-        hs_swell = np.clip(1.5 * np.exp(0.5 * ndtri(col["swell_hs"])), 0.2, 8.0)
-    damp = np.where(class_idx == 5, 0.05, 1.0)   # pack ice damps the waves
-    hs_swell, hs_windsea = hs_swell * damp, hs_windsea * damp
-    hs = np.hypot(hs_swell, hs_windsea)
-    cutoff = np.clip(300 + 25 * hs + 6 * wind + 40 * (col["cutoff"] - 0.5), 340, 550)
+    sea = _draw_sea_state(col, wind, wind_dir, class_idx, balanced)
+    hs = waves.significant_height(sea)
+    swell = sea["hs"][:, 1] > 0
+    period = np.where(swell, 2 * np.pi / sea["omega_p"][:, 1], np.nan)
     seconds = (TIME_RANGE[1] - TIME_RANGE[0]).astype(np.int64)
     time = TIME_RANGE[0] + (col["time"] * seconds).astype("timedelta64[s]")
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
@@ -201,16 +230,20 @@ def _draw_conditions(u, class_idx, balanced):
         "class_idx": class_idx, "class_name": np.asarray(CLASS_NAMES)[class_idx],
         "beam": np.where(wv2, "wv2", "wv1"), "incidence": f32(incidence), "wind": f32(wind),
         "wind_dir": f32(wind_dir), "hs": f32(hs), "swell_wavelength": f32(G * period ** 2 / (2 * np.pi)),
-        "swell_dir": f32(360 * col["swell_dir"]), "swell_period": f32(period),
+        "swell_dir": f32(np.where(swell, sea["direction"][:, 1], np.nan)), "swell_period": f32(period),
         "lat": f32(_draw_latitude(col["lat"], col["hemisphere"], class_idx)), "lon": f32(360 * col["lon"] - 180),
         "time": np.datetime_as_string(time, unit="s").astype("<U19"), "nesz": f32(NESZ_RANGE_DB[0] + 4 * col["nesz"]),
-        # internal (not returned): the two wave systems and the azimuth cut-off
-        "hs_swell": f32(hs_swell), "hs_windsea": f32(hs_windsea), "cutoff": f32(cutoff),
+        "hs_windsea": f32(sea["hs"][:, 0]), "windsea_period": f32(2 * np.pi / sea["omega_p"][:, 0]),
+        "n_swell": (sea["hs"][:, 1:] > 0).sum(axis=1).astype(np.int16),
+        "azimuth_cutoff": f32(waves.azimuth_cutoff(sea, incidence)),
+        # internal (not returned): the wave systems [n, 3] and the gustiness (std of ln U10)
+        "gust_std": f32(0.04 + 0.08 * col["gust"]), **{f"sea_{key}": value for key, value in sea.items()},
     }
 
 
 META_KEYS = ["class_idx", "class_name", "beam", "incidence", "wind", "wind_dir", "hs", "swell_wavelength",
-             "swell_dir", "swell_period", "lat", "lon", "time", "nesz"]
+             "swell_dir", "swell_period", "lat", "lon", "time", "nesz", "hs_windsea", "windsea_period", "n_swell",
+             "azimuth_cutoff"]
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -224,6 +257,7 @@ class _Scene:
         for name, values in cond.items():
             if values.dtype == np.float32:
                 setattr(self, name, values[idx][:, None, None])
+        self.sea = {name[4:]: values[idx] for name, values in cond.items() if name.startswith("sea_")}
 
     def uniform(self, j, lo, hi):
         return (lo + (hi - lo) * self.u[:, j, None, None]).astype(np.float32)
@@ -243,28 +277,19 @@ class _Scene:
         """d ln sigma0 / d ln U10 of CMOD5.n here: turns a wind modulation into a sigma0 modulation."""
         return (np.log(self.cmod(self.wind * 1.1) / self.cmod(self.wind / 1.1)) / np.log(1.21)).astype(np.float32)
 
-    def waves(self, gain=1.0, floor=0.0):
-        """Swell + wind sea as the SAR sees them: unit-mean multiplicative modulation of sigma0. Amplitude =
-        tilt transfer x wave slope; the azimuth cut-off removes short azimuth-travelling waves."""
-        g = self.g
-        tilt = 15.0 - 6.0 * (self.incidence - 23.5) / 13.0   # sigma0 falls fastest with angle at low incidence
-        k_swell = 2 * np.pi / self.swell_wavelength
-        k_sea = 0.877 ** 2 * G / self.wind ** 2              # wind-sea peak: omega_p = 0.877 g / U
-        a_swell = gain * np.clip(tilt * k_swell * self.hs_swell / 2, floor, 0.45)
-        a_sea = gain * np.clip(0.5 * tilt * k_sea * self.hs_windsea / 2, 0.0, 0.3)
-        density = (a_swell ** 2 * fields.peak_pair(g, k_swell, self.swell_dir, 0.06 * k_swell)
-                   + a_sea ** 2 * fields.peak_pair(g, k_sea, self.wind_dir, 0.35 * k_sea))
-        density = density * np.exp(-(g.ky * self.cutoff / (2 * np.pi)) ** 2)
-        return fields.unit_mean(np.exp(fields.field(self.z[:, 0], density, g)))
+    def sea_surface(self):
+        """Waves, short-wave and atmospheric texture as the SAR sees them (waves.py): unit-mean modulation."""
+        return waves.sea_surface_modulation(self.z[:, 0], self.g, self.sea, self.incidence, self.wind,
+                                            self.gust_std, self.wind_sensitivity())
 
-    def ocean(self, gain=0.6):
-        """Open-ocean background of the non-wave classes: CMOD5.n with weaker visible swell."""
-        return self.cmod() * self.waves(gain)
+    def ocean(self):
+        """Open-ocean sigma0 under the class's own features: CMOD5.n x the sea surface."""
+        return self.cmod() * self.sea_surface()
 
 
 def _render_waves(s):
-    """Open ocean with nothing but waves: swell at least at 10 % modulation where the pixels resolve it."""
-    return s.cmod() * s.waves(1.0, floor=0.1), s.wind
+    """Open ocean with nothing but waves (1 or 2 swell systems and the wind sea)."""
+    return s.ocean(), s.wind
 
 
 def _render_streaks(s):
@@ -380,7 +405,7 @@ def _render_low_wind(s):
     calm = fields.sigmoid((f - threshold) / (0.15 * f.std(axis=(-2, -1), keepdims=True) + 1e-6))
     inner = s.uniform(2, 0.3, 1.2) * np.maximum(1 + 0.3 * fields.field(s.z[:, 2], fields.lowpass(g, 800.0), g), 0.2)
     wind = s.wind * (1 - calm) + inner * calm
-    return s.cmod(wind) * s.waves(0.5), wind.mean(axis=(-2, -1))
+    return s.cmod(wind) * s.sea_surface(), wind.mean(axis=(-2, -1))
 
 
 def _front_distance(s, j):
@@ -397,7 +422,7 @@ def _render_atmospheric_front(s):
     other = np.clip(s.wind * s.uniform(4, 1.5, 2.5) ** s.sign(5), 1.5, 25)
     wind = s.wind + (other - s.wind) * side
     wind_dir = s.wind_dir + s.uniform(6, -40, 40) * side
-    return s.cmod(wind, wind_dir) * s.waves(0.6), wind.mean(axis=(-2, -1))
+    return s.cmod(wind, wind_dir) * s.sea_surface(), wind.mean(axis=(-2, -1))
 
 
 def _render_oceanic_front(s):
