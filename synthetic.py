@@ -126,6 +126,12 @@ def surface_sigma0(u10, phi_deg, theta_deg):
     return cmod5n(u, phi_deg, theta_deg) / (1.0 + (1.8 / u) ** 10)
 
 
+def wind_sensitivity(u10, phi_deg, theta_deg):
+    """d ln sigma0 / d ln U10 of the surface model: turns a wind modulation into a sigma0 modulation."""
+    up, down = surface_sigma0(u10 * 1.1, phi_deg, theta_deg), surface_sigma0(u10 / 1.1, phi_deg, theta_deg)
+    return (np.log(up / down) / np.log(1.21)).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------------ speckle, noise
 def looks_for_spacing(pixel_spacing):
     """Equivalent number of looks of a pixel of that spacing: the independent 6 m SLC cells it averages."""
@@ -274,13 +280,12 @@ class _Scene:
         return surface_sigma0(wind, wind_dir, self.incidence).astype(np.float32)
 
     def wind_sensitivity(self):
-        """d ln sigma0 / d ln U10 of CMOD5.n here: turns a wind modulation into a sigma0 modulation."""
-        return (np.log(self.cmod(self.wind * 1.1) / self.cmod(self.wind / 1.1)) / np.log(1.21)).astype(np.float32)
+        return wind_sensitivity(self.wind, self.wind_dir, self.incidence)
 
     def sea_surface(self):
         """Waves, short-wave and atmospheric texture as the SAR sees them (waves.py): unit-mean modulation."""
-        return waves.sea_surface_modulation(self.z[:, 0], self.g, self.sea, self.incidence, self.wind,
-                                            self.gust_std, self.wind_sensitivity())
+        return waves.sea_surface_modulation(self.z[:, 0], self.g, self.sea, self.incidence, self.gust_std,
+                                            self.wind_sensitivity())
 
     def ocean(self):
         """Open-ocean sigma0 under the class's own features: CMOD5.n x the sea surface."""
@@ -306,11 +311,17 @@ def _render_streaks(s):
 
 
 def _render_cells(s):
-    """Micro-convective cells: bright 1-4 km cell bodies with thin darker rims, 10-30 % modulation."""
+    """Micro-convective cells: an irregular (warped Voronoi) network of 1-4 km cells of uneven brightness,
+    bright gust fronts along parts of their edges where the downdraft outflows meet, 10-30 % modulation."""
+    g = s.g
     size = s.log_uniform(0, 1000, 4000)
-    f = fields.field(s.z[:, 1], fields.ring(s.g, np.pi / size, 0.3), s.g)     # |f| has blobs of half the band's period
-    cellular = (np.abs(f) - 0.798) / 0.603
-    return s.ocean() * fields.unit_mean(np.exp(s.uniform(1, 0.1, 0.3) * cellular)), s.wind
+    warp = fields.field(s.z[:, 1], fields.lowpass(g, size), g) * 0.35 * size
+    key = (s.u[:, 2, None, None] * 2.0 ** 53).astype(np.uint64)
+    d1, d2, value = fields.voronoi(g.x + warp, g.y + np.roll(warp, g.size // 2, axis=-1), size, key)
+    gusty = fields.sigmoid(3 * np.roll(warp / (0.35 * size), g.size // 2, axis=-2) + 1)   # fronts in segments
+    front = fields.line((d2 - d1) / 2, s.log_uniform(3, 150, 400), g.spacing) * gusty
+    ln_mod = s.uniform(1, 0.1, 0.3) * (2.0 * front + (value - 0.5) - 0.6 * np.exp(-(d1 / (0.3 * size)) ** 2))
+    return s.ocean() * fields.unit_mean(np.exp(ln_mod)), s.wind
 
 
 def _render_rain(s):
@@ -333,12 +344,14 @@ def _render_rain(s):
 
 
 def _render_slicks(s):
-    """Surfactant filaments: zero lines of a meandering field, 50-500 m wide, damping 3-10 dB, in patches."""
+    """Surfactant filaments: long zero lines of a field stretched along the wind (within 20 deg: currents and
+    Langmuir circulation align them), 50-500 m wide, damping 3-10 dB, in patches."""
     g = s.g
-    stretch = fields.oriented(g, 2 * np.pi / s.log_uniform(0, 1000, 4000), s.uniform(4, 0, 180), 0.6, 0.3)
+    along = s.wind_dir + s.uniform(4, -20, 20)
+    stretch = fields.oriented(g, 2 * np.pi / s.log_uniform(0, 800, 3000), along + 90, 0.5, 0.07)
     f, fx, fy = fields.field(s.z[:, 1], stretch, g, gradient=True)
     dist = np.abs(f) / np.maximum(np.hypot(fx, fy), 1e-9)   # distance to the zero line, metres
-    patches = fields.sigmoid(4 * (fields.field(s.z[:, 2], fields.lowpass(g, 2000.0), g) - s.uniform(2, -0.5, 0.5)))
+    patches = fields.sigmoid(4 * (fields.field(s.z[:, 2], fields.lowpass(g, 3000.0), g) - s.uniform(2, -0.8, 0.2)))
     damping = 1 - 10 ** (-s.uniform(3, 3, 10) / 10)
     return s.ocean() * (1 - damping * fields.line(dist, s.log_uniform(1, 50, 500), g.spacing) * patches), s.wind
 
@@ -358,12 +371,22 @@ def _render_sea_ice(s):
     ridge_db = s.uniform(4, 3, 6) * fields.line((d2 - d1) / 2, s.log_uniform(5, 30, 120), g.spacing) * ridged
     rough = fields.unit_mean(np.exp(0.2 * fields.field(s.z[:, 0], fields.ring(g, 2 * np.pi / 250.0, 0.5), g)))
     ice = 10 ** ((level_db + ridge_db) / 10) * rough
-    gap = s.log_uniform(7, 2000, 8000)   # typical distance between leads
-    lf, lfx, lfy = fields.field(s.z[:, 2], fields.stretched_lowpass(g, gap, 4 * gap, s.uniform(6, 0, 180)), g, gradient=True)
     has_leads = (s.u[:, 8, None, None] < 0.7).astype(np.float32)
-    lead = has_leads * fields.line(np.abs(lf) / np.maximum(np.hypot(lfx, lfy), 1e-9), s.log_uniform(9, 50, 400), g.spacing)
+    lead = has_leads * np.maximum(_leads(s, 2, s.log_uniform(7, 2000, 8000), s.uniform(6, 0, 180), 11),
+                                  _leads(s, 3, s.log_uniform(12, 800, 3000), s.uniform(6, 40, 140) + s.uniform(13, 0, 1), 14))
     water = np.where(s.u[:, 10, None, None] < 0.5, np.float32(10 ** -2.8), s.cmod())  # calm or rough
     return ice * (1 - lead) + water * lead, s.wind
+
+
+def _leads(s, field, gap, angle, j):
+    """Open cracks: zero lines of a field stretched along `angle` (about `gap` m apart), kept only where a
+    second, smooth field is positive, so each lead ends somewhere in the pack; two families of different
+    spacing and direction (the second at 40-140 deg to the first) branch off and cross each other."""
+    g = s.g
+    lf, lfx, lfy = fields.field(s.z[:, field], fields.stretched_lowpass(g, gap, 4 * gap, angle), g, gradient=True)
+    open_ends = fields.sigmoid(6 * np.roll(lf / (lf.std(axis=(-2, -1), keepdims=True) + 1e-9), g.size // 3, axis=-1)
+                               + s.uniform(j + 1, 0, 4) - 1)
+    return fields.line(np.abs(lf) / np.maximum(np.hypot(lfx, lfy), 1e-9), s.log_uniform(j, 50, 400), g.spacing) * open_ends
 
 
 def _render_icebergs(s, max_count=6):
@@ -402,7 +425,8 @@ def _render_low_wind(s):
     g = s.g
     f = fields.field(s.z[:, 1], fields.lowpass(g, s.log_uniform(0, 1500, 5000)), g)
     threshold = _quantile(f, 1 - s.uniform(1, 0.35, 0.8))        # the calm covers 35-80 % of the imagette
-    calm = fields.sigmoid((f - threshold) / (0.15 * f.std(axis=(-2, -1), keepdims=True) + 1e-6))
+    # a soft, graded edge: the wind falls over ~a third of the field's spread, not in one step
+    calm = fields.sigmoid((f - threshold) / (s.uniform(3, 0.25, 0.5) * f.std(axis=(-2, -1), keepdims=True) + 1e-6))
     inner = s.uniform(2, 0.3, 1.2) * np.maximum(1 + 0.3 * fields.field(s.z[:, 2], fields.lowpass(g, 800.0), g), 0.2)
     wind = s.wind * (1 - calm) + inner * calm
     return s.cmod(wind) * s.sea_surface(), wind.mean(axis=(-2, -1))
@@ -426,14 +450,15 @@ def _render_atmospheric_front(s):
 
 
 def _render_oceanic_front(s):
-    """A current or temperature front: sides 0.5-2 dB apart and a thin bright or dark line along it."""
+    """A current or temperature front: sides 0.5-2 dB apart and always the thin bright or dark line of the
+    current shear along it (100-400 m wide, 2-5 dB: visible at 100 m pixels)."""
     dist = _front_distance(s, 0)
     step = s.sign(3) * s.uniform(4, 0.5, 2.0) * (fields.sigmoid(4 * dist / s.log_uniform(5, 100, 400)) - 0.5)
-    line = s.sign(6) * s.uniform(7, 1.5, 4.0) * fields.line(dist, s.log_uniform(8, 50, 300), s.g.spacing)
+    line = s.sign(6) * s.uniform(7, 2.0, 5.0) * fields.line(dist, s.log_uniform(8, 100, 400), s.g.spacing)
     return s.ocean() * 10 ** ((step + line) / 10), s.wind
 
 
-FIELDS_USED = (1, 2, 2, 3, 3, 3, 1, 3, 2, 2)   # white-noise fields each renderer reads (z[:, 0..])
+FIELDS_USED = (1, 2, 2, 3, 3, 4, 1, 3, 2, 2)   # white-noise fields each renderer reads (z[:, 0..])
 RENDERERS = [_render_waves, _render_streaks, _render_cells, _render_rain, _render_slicks, _render_sea_ice,
              _render_icebergs, _render_low_wind, _render_atmospheric_front, _render_oceanic_front]
 
@@ -471,6 +496,17 @@ def _check_arguments(start, count, image_size, pixel_spacing, seed, class_prior,
     if force_class is not None and force_class not in range(10):
         raise ValueError(f"synthetic.generate: force_class must be a class index 0..9, got {force_class!r}")
     return prior
+
+
+def conditions(start, count, *, seed, class_prior=None, balanced_conditions=False, balanced_classes=False,
+               force_class=None):
+    """The physical state of imagettes start..start+count-1 without rendering them: the meta columns plus the
+    internal ones (sea_hs, sea_omega_p, sea_direction, sea_spread, sea_gamma: the wave systems [n, 3] of
+    waves.py, column 0 the wind sea; gust_std). Same draws as generate() (before a class edits the wind)."""
+    prior = _check_arguments(start, count, 8, 100.0, seed, class_prior, force_class)
+    _, u = _draw_uniforms(seed, start, count)
+    class_idx = _draw_classes(u[:, _U["class"]], start, prior, balanced_classes, force_class)
+    return _draw_conditions(u, class_idx, balanced_conditions)
 
 
 def generate(start, count, *, image_size, pixel_spacing, seed, class_prior=None, balanced_conditions=False,

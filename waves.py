@@ -204,12 +204,23 @@ def atmosphere_density(g, gust_std, sensitivity):
     return (np.asarray(gust_std).reshape(-1, 1, 1) * sensitivity) ** 2 * unit
 
 
-def sea_surface_modulation(z, g, sea, incidence_deg, u10, gust_std, sensitivity):
-    """Unit-mean multiplicative sigma0 modulation [n, H, W] of the sea surface: waves + short-wave and
-    atmospheric texture, all smeared in azimuth by the cut-off of this sea state; z is white noise."""
+def surface_density(g, sea, incidence_deg, gust_std, sensitivity):
+    """Spectral density of the sea-surface log-modulation before the azimuth smearing: waves + bunching clutter
+    + atmospheric texture, on the grid's half-plane [n, H, Wr]."""
+    inc = np.asarray(incidence_deg, np.float64).reshape(-1)
+    return (wave_image_density(g, sea, inc) + bunching_clutter_density(g, sea, inc, beta(inc).reshape(-1, 1, 1))
+            + atmosphere_density(g, gust_std, sensitivity))
+
+
+def cutoff_transfer(g, sea, incidence_deg):
+    """The azimuth smearing of the image power spectrum, exp(-(k_a beta sigma_r)^2), on the grid [n, H, 1]."""
     inc = np.asarray(incidence_deg, np.float64).reshape(-1)
     rho = (beta(inc) * los_velocity_std(sea, inc)).reshape(-1, 1, 1)
-    density = (wave_image_density(g, sea, inc) + bunching_clutter_density(g, sea, inc, beta(inc).reshape(-1, 1, 1))
-               + atmosphere_density(g, gust_std, sensitivity))
-    density = (density * np.exp(-(g.ky * rho) ** 2)).astype(np.float32)
-    return fields.unit_mean(np.exp(fields.field(z, density, g)))
+    return np.exp(-(g.ky * rho) ** 2)
+
+
+def sea_surface_modulation(z, g, sea, incidence_deg, gust_std, sensitivity):
+    """Unit-mean multiplicative sigma0 modulation [n, H, W] of the sea surface: waves + short-wave clutter and
+    atmospheric texture, all smeared in azimuth by the cut-off of this sea state; z is white noise."""
+    density = surface_density(g, sea, incidence_deg, gust_std, sensitivity) * cutoff_transfer(g, sea, incidence_deg)
+    return fields.unit_mean(np.exp(fields.field(z, density.astype(np.float32), g)))
