@@ -10,7 +10,9 @@ The manual
              incidence (deg), wind (U10, m/s; area mean where the wind varies), wind_dir (deg, relative to the
              radar look, 0 = wind blowing towards the radar), hs (total significant wave height, m),
              swell_wavelength (m), swell_dir (deg, relative to the look), swell_period (s), lat, lon (deg),
-             time (ISO 8601 UTC), nesz (dB, the thermal noise floor of that imagette).
+             time (ISO 8601 UTC), nesz (dB, the thermal noise floor of that imagette), hs_windsea (m),
+             windsea_period (s), n_swell (0-2; the swell_* columns are NaN without swell), azimuth_cutoff (m).
+    synthetic.conditions(0, 1024, seed=0)   the same draws without rendering, wave systems included
 
 Determinism: for given options, imagette i of an archive depends on (seed, i) only. Every imagette draws all of
 its randomness (condition uniforms, white-noise fields, speckle) from np.random.default_rng([seed, i]), so
@@ -25,20 +27,23 @@ what a coarse pixel cannot resolve (short swell, 50 m slicks) fades out as it wo
 Physics of one imagette (see ../shared/docs/DATA.md):
 - beam WV1 23.5 +- 1 deg or WV2 36.5 +- 1 deg; wind Weibull (shape 2.2, mean 8 m/s: a redundant archive) cut to
   each class's plausible range; `balanced_conditions=True` draws wind uniform in 1-20 m/s and total Hs uniform in
-  0.5-10 m instead (regression sets). Swell period 8-18 s, wavelength g T^2 / 2 pi, height log-normal; wind sea
-  Hs = development x 0.0245 U^2 (Pierson-Moskowitz at full development); total Hs = quadrature sum.
+  0.5-10 m instead (regression sets).
+- sea state (waves.py, docs/SYNTHETIC.md): a JONSWAP wind sea on the fetch laws + 0-2 swell systems with cos^2s
+  spreading; total Hs = 4 sqrt(m0) of that spectrum. SAR imaging in the Fourier domain: tilt + hydrodynamic +
+  velocity-bunching transfer, second-order bunching clutter, atmospheric gust texture, all smeared by the
+  azimuth cut-off lambda_c = 2 pi beta sigma_r (the orbital velocity of the whole sea state); applied in log
+  intensity, never clipped.
 - mean sigma0 = CMOD5.n(U10, phi, theta) in linear units; textures multiply it (unit mean where they should not
   change the mean); observed intensity = (sigma0 + NESZ) x Gamma(L, 1/L) speckle; output 10 log10.
 - speckle looks L = max(1, (spacing / 6 m)^2): an independent SLC resolution cell is about 6 m x 6 m (4-5 m
   pixels, oversampled), so a 50 m pixel averages ~69 looks, a 100 m pixel ~280.
-- waves: swell and wind sea as narrow / broad spectral peaks, SAR modulation ~ tilt transfer x slope, then the
-  azimuth cut-off exp(-(k_az lambda_c / 2 pi)^2), lambda_c = 340-550 m growing with Hs and wind.
 - classes: streaks (rolls 0.8-3 km, within 15 deg of the wind, ~8 % wind modulation, weaker crosswind); micro
-  convective cells (1-4 km, 10-30 %); rain cells (5-10 km, bright gust arc +2..+5 dB, dark core -2..-6 dB, rough);
-  biological slicks (dark meanders 50-500 m wide, -3..-10 dB, U 2-7); sea ice (no swell; Voronoi floe mosaic,
-  bright ridges, dark or bright leads); icebergs (compact targets +10..+20 dB, 40-600 m); low wind (blobs where
-  U < 2 m/s: sigma0 at the noise floor); atmospheric front (a sharp curved wind step: a few dB); oceanic front
-  (a thin bright or dark line, sides 0.5-2 dB apart).
+  convective cells (irregular 1-4 km network, bright gust fronts, 10-30 %); rain cells (5-10 km, bright gust
+  arc +2..+5 dB, dark core -2..-6 dB, rough); biological slicks (long dark filaments along the wind, 50-500 m
+  wide, -3..-10 dB, U 2-7); sea ice (no swell; Voronoi floe mosaic, bright ridges, open branching leads dark or
+  bright); icebergs (compact targets +10..+20 dB, 40-600 m); low wind (graded calm patches where U < 2 m/s:
+  sigma0 at the noise floor); atmospheric front (a sharp curved wind step: a few dB); oceanic front (always a
+  thin bright or dark line, 100-400 m, sides 0.5-2 dB apart).
 
 Below ~2 m/s CMOD5.n is unreliable; rendering uses surface_sigma0 = CMOD5.n x 1 / (1 + (1.8 / U)^10), which
 equals CMOD5.n above 3 m/s and sinks to the noise floor in calm water (the short waves need ~2 m/s to grow).
