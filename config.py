@@ -14,20 +14,33 @@ import json
 import math
 import os
 import sys
+import tempfile
+from contextlib import contextmanager
 
 import yaml
 
 
-class ConfigError(ValueError):
-    pass
+class UserError(Exception):
+    """A mistake in the user's input, config or environment: reported as one line, no traceback, exit `code`.
+
+    Stage scripts raise it (or a subclass) for anything the user can fix and catch only it at their main
+    (`with config.user_errors():`), so that a bug in our code still shows its traceback."""
+    code = 1
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config value, file or path named by a config key (exit code 2)."""
+    code = 2
 
 
 class Key:
     """One config entry: default, type, and the values it may take."""
 
-    def __init__(self, default, kind, doc, lo=None, hi=None, choices=None, length=None, optional=False):
+    def __init__(self, default, kind, doc, lo=None, hi=None, choices=None, length=None, optional=False,
+                 nonempty=False):
         self.default, self.kind, self.doc = default, kind, doc
         self.lo, self.hi, self.choices, self.length, self.optional = lo, hi, choices, length, optional
+        self.nonempty = nonempty
 
     def allowed(self):
         if self.choices is not None:
@@ -37,6 +50,8 @@ class Key:
                 "variants": "a list of names or a mapping name -> overrides"}[self.kind]
         if self.length:
             kind += f" of length {self.length}"
+        elif self.nonempty:
+            kind = "a non-empty " + kind[2:]
         if self.lo is not None or self.hi is not None:
             kind += f" in [{'-inf' if self.lo is None else self.lo}, {'inf' if self.hi is None else self.hi}]"
         return kind + (" or null" if self.optional else "")
@@ -57,7 +72,8 @@ class Key:
             raise bad
         if self.kind in ("ints", "floats", "strs"):
             elem = {"ints": int, "floats": float, "strs": str}[self.kind]
-            if not isinstance(value, (list, tuple)) or (self.length and len(value) != self.length):
+            if not isinstance(value, (list, tuple)) or (self.length and len(value) != self.length) or \
+                    (self.nonempty and not value):
                 raise bad
             return [self._scalar(elem, v, bad) for v in value]
         value = self._scalar(self.kind, value, bad)
@@ -108,7 +124,7 @@ SCHEMA = {
         "num_samples": _k(4096, int, "synthetic pretraining archive size", lo=1),
         "samples_per_shard": _k(1024, int, "samples per .npy shard (bounds shard size)", lo=1),
         "class_prior": _k(None, "floats", "synthetic class prior over the 10 TenGeoP classes (null: heavy-tailed "
-                          "archive default)", length=10, optional=True),
+                          "archive default)", length=10, optional=True, lo=0.0),
         "eval_per_class": _k(60, int, "synthetic TenGeoP-like set: images per class (split 80/5/15)", lo=0),
         "regression_samples": _k(1200, int, "synthetic wind/Hs regression set size (split 80/5/15)", lo=0),
         "seed": _k(0, int, "seed; the evaluation sets use disjoint seeds derived from it", lo=0),
@@ -117,10 +133,13 @@ SCHEMA = {
         "strict": _k(False, bool, "any unreadable input file is fatal (default: skip and log in failures.jsonl)"),
         # ---- real Sentinel-1 readers (sentinel1.py)
         "split_fractions": _k([0.8, 0.05, 0.15], "floats", "train/val/test fractions of real labelled sets "
-                              "(TenGeoP: stratified by class; SAFE/netCDF: hash of the id)", length=3, lo=0.0, hi=1.0),
+                              "(TenGeoP: stratified by class; SAFE/netCDF: hash of the id; synthetic evaluation sets); must sum to 1",
+                              length=3, lo=0.0, hi=1.0),
         "noise_removal": _k(True, bool, "SAFE: subtract the thermal noise LUT before calibration"),
         "max_invalid": _k(0.25, float, "largest fraction of invalid (NaN/inf/no-data) output pixels before the "
                           "imagette is rejected; fewer are filled with the median", lo=0.0, hi=1.0),
+        "min_coverage": _k(0.5, float, "real sources: smallest fraction of the output image real data must cover "
+                           "(smaller imagettes are rejected and listed in failures.jsonl)", lo=0.0, hi=1.0),
         "nc_variable": _k("sigma0", str, "netCDF imagettes: image variable (sigma0 linear or dB, or digital_number)"),
         "tengeop_units": _k("auto", str, "TenGeoP GeoTIFF pixel units (auto: float with negatives = dB, else linear)",
                             choices=["auto", "linear", "db"]),
@@ -180,6 +199,8 @@ SCHEMA = {
                                lo=0),
         "device": _k("auto", str, "auto: one CUDA device per local rank when available, else cpu",
                      choices=["auto", "cpu", "cuda"]),
+        "verify": _k(False, bool, "check the sha256 of every shard of train.data before training (shards are "
+                     "always checked lazily, once per process, when first read)"),
     },
     # ---------------------------------------------------------------- SAR augmentations (pretrain.py)
     "aug": {
@@ -206,7 +227,7 @@ SCHEMA = {
         "pool_size": _k(None, int, "pool P as a number of images; when set it replaces pool_fraction", lo=1,
                         optional=True),
         "kmeans_sample": _k(None, int, "points the k-means is fitted on (null: whole pool)", lo=1, optional=True),
-        "levels": _k([100, 10], "ints", "clusters per level, finest first", lo=1),
+        "levels": _k([100, 10], "ints", "clusters per level, finest first", lo=1, nonempty=True),
         "resample_steps": _k(1, int, "Vo et al. resampling steps per level", lo=0),
         "resample_size": _k(None, int, "points taken per cluster in a resampling step (null: half the mean size)",
                             lo=1, optional=True),
@@ -219,6 +240,7 @@ SCHEMA = {
         "checkpoint": _k(None, str, "curation CLI: checkpoint or backbone.pt whose features are clustered", optional=True),
         "data": _k(None, str, "curation CLI: dataset to curate (null: train.data)", optional=True),
         "out": _k(None, str, "curation CLI: output folder (null: <train.out>/curation)", optional=True),
+        "verify": _k(False, bool, "curation CLI: check the sha256 of every shard before any work"),
     },
     # ---------------------------------------------------------------- evaluate.py
     "eval": {
@@ -245,11 +267,12 @@ SCHEMA = {
         "refit": _k("train", str, "probes after choosing λ on val: keep the train fit, or refit on train+val",
                     choices=["train", "train+val"]),
         "device": _k("auto", str, "auto: cuda when available, else cpu", choices=["auto", "cpu", "cuda"]),
+        "verify": _k(False, bool, "check the sha256 of every shard of the evaluation datasets before any work"),
     },
     # ---------------------------------------------------------------- study.py
     "study": {
         "out": _k("runs/study", str, "study folder"),
-        "seeds": _k([0, 1, 2], "ints", "seeds per variant", lo=0),
+        "seeds": _k([0, 1, 2], "ints", "seeds per variant", lo=0, nonempty=True),
         "base": _k(None, str, "config file whose sections are the study's base; the study file's own sections "
                    "override it (null: the study file alone)", optional=True),
         "variants": _k(["none", "static", "dynamic"], "variants",
@@ -279,6 +302,63 @@ def _set(cfg, dotted, value, origin):
     cfg[section][key] = spec.check(dotted, value)
 
 
+def _read_file(path):
+    """The YAML mapping of a config file; refuses a directory, an empty file and duplicated keys or sections."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file '{path}' is a directory, not a YAML file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            text = f.read()
+        _refuse_duplicates(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file '{path}' cannot be read: {e}")
+    if data is None or data == {}:
+        # An empty file would run everything on defaults (prepare.py would write 4,096 images into data/demo).
+        raise ConfigError(f"config file '{path}' is empty: name at least one section (e.g. start from "
+                          f"configs/demo.yaml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections")
+    return data
+
+
+def _refuse_duplicates(node, path, prefix=""):
+    """YAML lets a later key silently replace an earlier one (a second section drops the first entirely)."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen = {}
+    for key_node, value_node in node.value:
+        key, line = str(key_node.value), key_node.start_mark.line + 1
+        if key in seen:
+            what = "key" if prefix else "section"
+            raise ConfigError(f"config file '{path}': {what} '{prefix}{key}' appears twice (lines {seen[key]} and "
+                              f"{line}); keep one")
+        seen[key] = line
+        _refuse_duplicates(value_node, path, f"{prefix}{key}.")
+
+
+def check_together(cfg):
+    """Rules that involve more than one value or a whole list: one line naming the keys."""
+    d, m, t = cfg["data"], cfg["model"], cfg["train"]
+    if abs(sum(d["split_fractions"]) - 1) > 1e-6:
+        raise ConfigError(f"config key 'data.split_fractions': {d['split_fractions']} sums to "
+                          f"{sum(d['split_fractions']):g}, expected 1 (train, val, test)")
+    if d["class_prior"] is not None and sum(d["class_prior"]) <= 0:
+        raise ConfigError("config key 'data.class_prior': all weights are 0, at least one must be positive")
+    if m["arch"] != "resnet50":
+        crops = [("train.global_crops_size", t["global_crops_size"])]
+        if t["local_crops_number"]:
+            crops.append(("train.local_crops_size", t["local_crops_size"]))
+        for key, size in crops:
+            if size < m["patch_size"]:
+                raise ConfigError(f"config keys '{key}' ({size}) and 'model.patch_size' ({m['patch_size']}): a crop "
+                                  f"smaller than one patch has no tokens; raise the crop or lower the patch")
+
+
 def load(argv, stage=None):
     """Parse `<config.yaml> [section.key=value | key=value | --flag]...` into a validated nested dict.
 
@@ -288,15 +368,7 @@ def load(argv, stage=None):
     if not argv or "=" in argv[0] or argv[0].startswith("--"):
         raise ConfigError("usage: <script> <config.yaml> [section.key=value ...]")
     path, overrides = argv[0], argv[1:]
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must be a mapping of sections")
+    data = _read_file(path)
     cfg = defaults()
     for section, keys in data.items():
         if not isinstance(keys, dict):
@@ -318,6 +390,7 @@ def load(argv, stage=None):
             dotted = f"{stage}.{dotted}"
         _set(cfg, dotted, value, "command line")
     check_pool(cfg)
+    check_together(cfg)
     return cfg
 
 
@@ -327,6 +400,7 @@ def apply(cfg, overrides, origin):
     for dotted, value in overrides.items():
         _set(out, dotted, value, origin)
     check_pool(out)
+    check_together(out)
     return out
 
 
@@ -340,11 +414,53 @@ def check_pool(cfg):
 
 def load_or_exit(argv, stage=None):
     """load() for a script's main: a bad config prints one line and exits with code 2, no traceback."""
-    try:
+    with user_errors():
         return load(argv, stage)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+
+@contextmanager
+def user_errors():
+    """Around a stage's main: a UserError prints `error: <one line>` and exits with its code; anything else (a
+    bug) keeps its traceback."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(e.code)
+
+
+def get(cfg, dotted):
+    section, key = dotted.split(".", 1)
+    return cfg[section][key]
+
+
+def check_inputs(cfg, keys):
+    """Every `section.key: kind` of `keys` that is set must exist: kind "dataset" (a folder with manifest.json),
+    "folder" or "file". Raises ConfigError naming the key (exit 2) before a stage does any work."""
+    for dotted, kind in keys.items():
+        path = get(cfg, dotted)
+        if not path:
+            continue
+        if not os.path.exists(path):
+            raise ConfigError(f"config key '{dotted}': {path} does not exist")
+        if kind == "file" and os.path.isdir(path):
+            raise ConfigError(f"config key '{dotted}': {path} is a folder, expected a file")
+        if kind in ("folder", "dataset") and not os.path.isdir(path):
+            raise ConfigError(f"config key '{dotted}': {path} is a file, expected a folder")
+        if kind == "dataset" and not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise ConfigError(f"config key '{dotted}': {path} is not a prepared dataset (no manifest.json: run "
+                              f"prepare.py, or let it finish)")
+
+
+def check_writable(folder, dotted):
+    """Create `folder` and write a probe file in it, so a read-only or full output stops before any work."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe_"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"config key '{dotted}': cannot write to {folder} ({e.strerror or e})")
+    return folder
 
 
 def dump(cfg):

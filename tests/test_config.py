@@ -8,6 +8,9 @@ import yaml
 import config
 
 
+BASE = "data:\n  seed: 0\n"
+
+
 def write(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -33,12 +36,28 @@ def test_yaml_and_overrides(tmp_path):
 @pytest.mark.parametrize("text,override,needle", [
     ("data:\n  imagesize: 3\n", [], "'data.imagesize'"),
     ("dat:\n  image_size: 3\n", [], "section 'dat'"),
-    ("", ["data.image_size=abc"], "'data.image_size'"),
-    ("", ["data.image_size=4"], "in [16, 2048]"),
-    ("", ["prune.mode=sometimes"], "one of 'none', 'static', 'dynamic'"),
-    ("", ["train.global_crops_scale=[0.5]"], "length 2"),
-    ("", ["data.montage=1"], "true/false"),
-    ("", ["model.out_dim=2.5"], "an integer"),
+    (BASE, ["data.image_size=abc"], "'data.image_size'"),
+    (BASE, ["data.image_size=4"], "in [16, 2048]"),
+    (BASE, ["prune.mode=sometimes"], "one of 'none', 'static', 'dynamic'"),
+    (BASE, ["train.global_crops_scale=[0.5]"], "length 2"),
+    (BASE, ["data.montage=1"], "true/false"),
+    (BASE, ["model.out_dim=2.5"], "an integer"),
+    # the cases of issue 15
+    ("data:\n  seed: 1\n  image_size: 32\n  seed: 2\n", [], "key 'data.seed' appears twice (lines 2 and 4)"),
+    ("data:\n  seed: 1\nmodel:\n  arch: vit_nano\ndata:\n  image_size: 32\n", [],
+     "section 'data' appears twice (lines 1 and 5)"),
+    ("", [], "is empty"),
+    ("# only a comment\n", [], "is empty"),
+    ("{}\n", [], "is empty"),
+    (BASE, ["prune.levels=[]"], "config key 'prune.levels': got [], expected a non-empty list of integers"),
+    (BASE, ["study.seeds=[]"], "'study.seeds'"),
+    (BASE, ["data.split_fractions=[0.9,0.9,0.9]"], "config key 'data.split_fractions': [0.9, 0.9, 0.9] sums to 2.7"),
+    (BASE, ["model.patch_size=32", "train.global_crops_size=64", "train.local_crops_size=16"],
+     "config keys 'train.local_crops_size' (16) and 'model.patch_size' (32)"),
+    (BASE, ["model.patch_size=32", "train.global_crops_size=16", "train.local_crops_number=0"],
+     "config keys 'train.global_crops_size' (16) and 'model.patch_size' (32)"),
+    (BASE, ["data.class_prior=[0,0,0,0,0,0,0,0,0,0]"], "config key 'data.class_prior': all weights are 0"),
+    (BASE, ["data.class_prior=[-1,1,1,1,1,1,1,1,1,1]"], "config key 'data.class_prior': got [-1"),
 ])
 def test_errors_name_the_key(tmp_path, text, override, needle):
     with pytest.raises(config.ConfigError) as e:
@@ -51,6 +70,29 @@ def test_missing_file_and_bad_yaml(tmp_path):
         config.load([str(tmp_path / "nope.yaml")])
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load([write(tmp_path, "data: [unclosed\n")])
+    with pytest.raises(config.ConfigError, match="is a directory, not a YAML file"):
+        config.load([str(tmp_path)])
+
+
+def test_a_crop_check_ignores_resnet_and_unused_local_crops(tmp_path):
+    path = write(tmp_path, BASE)
+    config.load([path, "model.arch=resnet50", "model.patch_size=32", "train.local_crops_size=16"])
+    config.load([path, "model.patch_size=32", "train.local_crops_size=16", "train.local_crops_number=0"])
+
+
+def test_input_and_output_checks_name_the_key(tmp_path):
+    cfg = config.load([write(tmp_path, BASE), f"train.data={tmp_path / 'nowhere'}", f"eval.checkpoint={tmp_path}"])
+    with pytest.raises(config.ConfigError, match="config key 'train.data': .*nowhere does not exist"):
+        config.check_inputs(cfg, {"train.data": "dataset"})
+    with pytest.raises(config.ConfigError, match="config key 'eval.checkpoint': .* is a folder, expected a file"):
+        config.check_inputs(cfg, {"eval.checkpoint": "file"})
+    cfg["train"]["data"] = str(tmp_path)
+    with pytest.raises(config.ConfigError, match="not a prepared dataset .no manifest.json"):
+        config.check_inputs(cfg, {"train.data": "dataset"})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(config.ConfigError, match="config key 'train.out': cannot write to .*afile/run"):
+        config.check_writable(str(tmp_path / "afile" / "run"), "train.out")
+    assert config.check_writable(str(tmp_path / "ok"), "train.out") and not list((tmp_path / "ok").iterdir())
 
 
 def test_cli_exit_code_2_without_traceback(tmp_path):
@@ -62,7 +104,7 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
 
 
 def test_save_is_plain_data(tmp_path):
-    cfg = config.load([write(tmp_path, "")])
+    cfg = config.load([write(tmp_path, BASE)])
     path = config.save(cfg, str(tmp_path / "out"))
     assert yaml.safe_load(open(path)) == cfg
 
