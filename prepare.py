@@ -23,9 +23,15 @@ Commands:
     python prepare.py configs/oceansar1.yaml data.source=safe data.input=/data/S1_WV_SLC data.ocn_dir=/data/OCN
     python prepare.py configs/oceansar1.yaml data.source=tengeop data.input=/data/TenGeoP-SARwv --strict
 Interrupted runs resume: rerun the same command; complete shards are kept, the manifest is written last.
-Unreadable inputs are skipped and listed in failures.jsonl; --strict makes the first one fatal.
+Each dataset folder records what it is made of in inputs.json (a sha256 of the input listing, relative paths and
+sizes, and of the data.* keys that shape the output); a rerun over a changed listing or config is refused
+instead of mixing two preparations. Unreadable inputs are skipped and listed in failures.jsonl, and so are
+imagettes whose real data cover less than data.min_coverage of the output; --strict makes the first one fatal.
+Exit codes: 0 done, 1 nothing readable or a --strict failure, 2 bad config (a missing data.input, an
+unwritable data.root, a changed input listing).
 """
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -39,6 +45,39 @@ import shards
 import synthetic
 
 EVAL_SEED_OFFSETS = {"archive": 0, "tengeop": 1_000_003, "regression": 2_000_029}  # disjoint synthetic seeds
+# data.* keys that change what a shard holds; workers, montage, strict and the folders themselves do not.
+OUTPUT_KEYS = ("source", "image_size", "pixel_spacing", "samples_per_shard", "seed", "num_samples", "class_prior",
+               "eval_per_class", "regression_samples", "split_fractions", "noise_removal", "max_invalid",
+               "min_coverage", "nc_variable", "tengeop_units", "tengeop_spacing", "ocn_max_quality", "ocn_drop_land")
+
+
+# ------------------------------------------------------------------------------------------------ resuming
+def listing_of(folder):
+    """(relative path, size) of every file under `folder`, sorted: what a resumed run must find unchanged."""
+    if not folder:
+        return []
+    return sorted((os.path.relpath(os.path.join(d, f), folder), os.path.getsize(os.path.join(d, f)))
+                  for d, _, files in os.walk(folder) for f in files)
+
+
+def record_inputs(folder, d, name, listing):
+    """Write <folder>/inputs.json on the first run; refuse to resume a folder prepared from other inputs."""
+    plan = {"dataset": name, **{k: d[k] for k in OUTPUT_KEYS}, "listing": listing}
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    path = os.path.join(folder, "inputs.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before.get("sha256") != digest:
+            raise config.ConfigError(
+                f"config key 'data.root': {folder} was prepared from other inputs or data.* settings "
+                f"({before.get('files')} input files then, {len(listing)} now; recorded in {path}); delete the "
+                f"folder to start over, or choose another data.root")
+        return
+    os.makedirs(folder, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"sha256": digest, "files": len(listing), "keys": {k: d[k] for k in OUTPUT_KEYS}}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -74,6 +113,7 @@ def prepare_synthetic(cfg):
         folder = os.path.join(d["root"], name)
         seed = d["seed"] + EVAL_SEED_OFFSETS[name]
         sps = d["samples_per_shard"]
+        record_inputs(folder, d, name, [])
         writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], sps)
         num_shards = -(-count // sps)
         jobs = [(folder, k, k * sps, min(sps, count - k * sps), d, prior, options, seed)
@@ -113,6 +153,11 @@ def real_shard_job(job):
     for item in items:
         try:
             image, meta = sentinel1.read_item(item, d, labels)
+            if meta["valid_frac"] < d["min_coverage"]:  # e.g. a 2 x 2 pixel imagette padded to the output
+                where = item["path"] + (f"[{item['member']}]" if item.get("member") else "")
+                raise sentinel1.InputError(f"{where}: its data cover {meta['valid_frac']:.1%} of the "
+                                           f"{d['image_size']} x {d['image_size']} output, data.min_coverage is "
+                                           f"{d['min_coverage']:.0%}")
         except sentinel1.InputError as e:  # its message starts with the file (and zip member)
             if d["strict"]:
                 return {"fatal": str(e)}
@@ -170,6 +215,9 @@ def prepare_real(cfg):
     if label_failures and d["strict"]:
         fail(f"{label_failures[0][0]}: {label_failures[0][1]}")
     sps = d["samples_per_shard"]
+    inputs = [(os.path.relpath(it["path"], d["input"]), it.get("member", ""), os.path.getsize(it["path"])
+               if os.path.isfile(it["path"]) else -1) for it in items]
+    record_inputs(folder, d, name, inputs + [("ocn_dir", *f) for f in listing_of(d["ocn_dir"])])
     writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], sps)
     num_shards = -(-len(items) // sps)
     jobs = [(folder, k, items[k * sps:(k + 1) * sps], d, labels)
@@ -279,13 +327,16 @@ def main(argv):
     cfg = config.load_or_exit(argv, stage="data")
     config.show(cfg, ["data"])
     d = cfg["data"]
-    if d["source"] != "synthetic" and not d["input"]:
-        print(f"error: config key 'data.input': source '{d['source']}' needs an input folder", file=sys.stderr)
-        sys.exit(2)
-    if d["source"] == "synthetic":
-        prepare_synthetic(cfg)
-    else:
-        prepare_real(cfg)
+    with config.user_errors():
+        if d["source"] != "synthetic" and not d["input"]:
+            raise config.ConfigError(f"config key 'data.input': source '{d['source']}' needs an input folder")
+        if d["source"] != "synthetic":
+            config.check_inputs(cfg, {"data.input": "folder", "data.ocn_dir": "folder"})
+        config.check_writable(d["root"], "data.root")
+        if d["source"] == "synthetic":
+            prepare_synthetic(cfg)
+        else:
+            prepare_real(cfg)
 
 
 if __name__ == "__main__":

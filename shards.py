@@ -19,7 +19,13 @@ A writer may add further columns (numbers or strings); readers ignore what they 
 
 Writing is idempotent and resumable: shard k is written under temporary names and renamed when complete (meta
 first, images last, so an images file only exists for a complete shard); a rerun skips complete shards; the
-manifest is written last, from the shards' own metadata files.
+manifest is written last, from the shards' own metadata files. Pixels beyond the float16 range (|x| > 65504 dB)
+are refused, and so is a non-finite normalisation.
+
+Integrity when reading (ShardDataset): opening always checks the manifest against the files (every shard's
+images file has the right .npy header and byte size, every meta file its sha256 and row count; a few ms per
+shard) and the first time a process maps a shard its images file is hashed (sha256) once; a mismatch is a
+DataError naming the file. verify=True hashes every shard up front instead.
 """
 
 import bisect
@@ -27,8 +33,11 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 
 import numpy as np
+
+from config import UserError
 
 FORMAT_VERSION = 1
 STRING_COLUMNS = ("id", "source", "beam", "time", "class_name", "split")
@@ -36,6 +45,13 @@ FLOAT_COLUMNS = ("incidence", "lat", "lon", "wind", "hs")
 INT_COLUMNS = ("class_idx",)
 STANDARD_COLUMNS = STRING_COLUMNS + FLOAT_COLUMNS + INT_COLUMNS
 STATS_KEYS = ("_pixel_sum", "_pixel_sumsq", "_pixel_count")
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger finite float32 values become inf
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+NEAR_CONSTANT_DB = 0.1   # an imagette whose pixels vary less than this (std, dB) carries no texture
+
+
+class DataError(UserError, ValueError):
+    """A prepared dataset that is missing, corrupt or inconsistent: one line naming the file."""
 
 
 def sha256_file(path, block=1 << 22):
@@ -100,6 +116,11 @@ class ShardWriter:
         n = len(images)
         if not np.isfinite(images).all():
             raise ValueError(f"shard {k}: non-finite pixels must be handled before writing")
+        over = np.abs(images) > FLOAT16_MAX
+        if over.any():  # float16 would store inf and poison the dataset's mean/std
+            raise DataError(f"shard {k} of {self.folder}: {int(over.sum())} pixel(s) in "
+                            f"{int(over.reshape(n, -1).any(1).sum())} image(s) exceed the float16 range "
+                            f"(|x| > {FLOAT16_MAX:.0f}, largest {float(np.abs(images).max()):.3g}): not dB values?")
         if any(len(v) != n for v in meta.values()):
             raise ValueError(f"shard {k}: metadata columns do not all have {n} rows")
         half = images.astype(np.float16)
@@ -142,6 +163,9 @@ class ShardWriter:
             raise RuntimeError(f"{self.folder}: no samples were written")
         mean = s / (total * np.prod(self.shape))
         std = max(np.sqrt(max(ss / (total * np.prod(self.shape)) - mean * mean, 0.0)), 1e-6)
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            raise DataError(f"{self.folder}: the pixel statistics are not finite (mean {mean}, std {std}); "
+                            f"refusing to write a manifest that would make every image NaN")
         manifest = {"format_version": FORMAT_VERSION, "shape": self.shape, "dtype": "float16", "unit": "dB",
                     "pixel_spacing_m": self.pixel_spacing, "norm_mean": float(mean), "norm_std": float(std),
                     "count": total, "columns": columns, "shards": shards, **(extra or {})}
@@ -164,66 +188,118 @@ class ShardDataset:
         self.folder, self.max_open = folder, max_open
         path = os.path.join(folder, "manifest.json")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{folder}: no manifest.json (not a prepared dataset, or preparation did not finish)")
+            raise DataError(f"{folder}: no manifest.json (not a prepared dataset, or preparation did not finish)")
         try:
             with open(path) as f:
                 self.manifest = m = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: manifest is not valid JSON ({e})")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: manifest is not valid JSON ({e})")
         missing = {"format_version", "shape", "count", "shards", "norm_mean", "norm_std"} - set(m)
         if missing:
-            raise ValueError(f"{path}: manifest lacks {sorted(missing)}")
+            raise DataError(f"{path}: manifest lacks {sorted(missing)}")
         if m["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"{path}: format version {m['format_version']}, this code reads {FORMAT_VERSION}")
+            raise DataError(f"{path}: format version {m['format_version']}, this code reads {FORMAT_VERSION}")
         self.shape = tuple(m["shape"])
         self.mean, self.std = float(m["norm_mean"]), float(m["norm_std"])
+        if not (np.isfinite(self.mean) and np.isfinite(self.std) and self.std > 0):
+            raise DataError(f"{path}: normalisation mean {self.mean} / std {self.std} is not usable; rerun prepare.py")
         self.pixel_spacing = float(m.get("pixel_spacing_m", float("nan")))
         counts = [s["count"] for s in m["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if self.offsets[-1] != m["count"]:
-            raise ValueError(f"{path}: shard counts sum to {self.offsets[-1]}, manifest says {m['count']}")
+            raise DataError(f"{path}: shard counts sum to {self.offsets[-1]}, manifest says {m['count']}")
         self._offsets_list = self.offsets.tolist()
         self._maps = {}
+        self._hashed = set()  # shards whose images sha256 was checked; shared by copies (Prefetcher's thread)
         if verify:
             self.verify()
+        self._check_images_files()
         self.meta = self._load_meta()
 
-    # ---------------------------------------------------------------- metadata
+    # ---------------------------------------------------------------- integrity and metadata
+    def _file(self, k, key):
+        path = os.path.join(self.folder, self.manifest["shards"][k][key])
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: shard file listed in the manifest is missing; rerun prepare.py")
+        return path
+
+    def _check_images_files(self):
+        """Cheap, always: each images file's .npy header and byte size match the manifest (no data read)."""
+        for k, s in enumerate(self.manifest["shards"]):
+            path = self._file(k, "images")
+            expected = (s["count"], *self.shape)
+            try:
+                with open(path, "rb") as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = NPY_HEADER_READERS.get(version)
+                    if read_header is None:
+                        raise ValueError(f".npy format version {version}")
+                    shape, _, dtype = read_header(f)
+                    data_start = f.tell()
+            except (ValueError, OSError, SyntaxError) as e:
+                raise DataError(f"{path}: unreadable shard header ({e}); rerun prepare.py to rewrite it")
+            if tuple(shape) != expected or dtype != np.float16:
+                raise DataError(f"{path}: shape {tuple(shape)} {dtype}, manifest says "
+                                f"({', '.join(map(str, expected))}) float16")
+            size, want = os.path.getsize(path), data_start + 2 * int(np.prod(expected))
+            if size != want:
+                raise DataError(f"{path}: {size} bytes, its header needs {want} (truncated or padded shard)")
+
     def _load_meta(self):
+        """The metadata columns of all shards; each meta file is checked against its sha256 and row count."""
         columns = {}
-        for s in self.manifest["shards"]:
-            with np.load(os.path.join(self.folder, s["meta"])) as z:
-                for name in z.files:
-                    if not name.startswith("_"):
-                        columns.setdefault(name, []).append(z[name])
+        for k, s in enumerate(self.manifest["shards"]):
+            path = self._file(k, "meta")
+            if "meta_sha256" in s and sha256_file(path) != s["meta_sha256"]:
+                raise DataError(f"{path}: sha256 does not match the manifest (corrupt or modified metadata)")
+            try:
+                with np.load(path) as z:
+                    parts = {name: z[name] for name in z.files if not name.startswith("_")}
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                raise DataError(f"{path}: unreadable metadata ({type(e).__name__}: {e}); rerun prepare.py")
+            for name, values in parts.items():
+                if len(values) != s["count"]:
+                    raise DataError(f"{path}: column '{name}' has {len(values)} rows, the manifest says "
+                                    f"{s['count']}")
+                columns.setdefault(name, []).append(values)
         return {name: np.concatenate(parts) for name, parts in columns.items()}
 
+    def _check_hash(self, k):
+        path = self._file(k, "images")
+        if sha256_file(path) != self.manifest["shards"][k]["sha256"]:
+            raise DataError(f"{path}: sha256 does not match the manifest (corrupt or modified shard); rerun "
+                            f"prepare.py to rewrite it")
+        self._hashed.add(k)
+
     def verify(self):
-        """Check every shard's size, shape and sha256 against the manifest; raise on the first mismatch."""
-        for s in self.manifest["shards"]:
-            for key, sha_key in (("images", "sha256"), ("meta", "meta_sha256")):
-                path = os.path.join(self.folder, s[key])
-                if not os.path.isfile(path):
-                    raise ValueError(f"{path}: shard file is missing")
-                if sha256_file(path) != s[sha_key]:
-                    raise ValueError(f"{path}: sha256 does not match the manifest (corrupt or modified shard)")
-        for k in range(len(self.manifest["shards"])):
-            self._open(k)
-        self.release()
+        """Check every shard's sha256 (images and metadata) against the manifest; raise on the first mismatch."""
+        for k, s in enumerate(self.manifest["shards"]):
+            self._check_hash(k)
+            path = self._file(k, "meta")
+            if sha256_file(path) != s["meta_sha256"]:
+                raise DataError(f"{path}: sha256 does not match the manifest (corrupt or modified metadata)")
+
+    def image_std(self, n=256, seed=0):
+        """Per-image std (dB) of up to n random imagettes: near zero means the data carries no texture."""
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(len(self), size=min(n, len(self)), replace=False))
+        return self.read_batch(idx, raw=True).reshape(len(idx), -1).std(1)
 
     # ---------------------------------------------------------------- images
     def _open(self, k):
         mm = self._maps.get(k)
         if mm is None:
             s = self.manifest["shards"][k]
-            path = os.path.join(self.folder, s["images"])
+            if k not in self._hashed:  # once per shard and process: ~2 ms per MB
+                self._check_hash(k)
+            path = self._file(k, "images")
             try:
                 mm = np.load(path, mmap_mode="r")
             except (ValueError, OSError) as e:
-                raise ValueError(f"{path}: unreadable shard ({e}); rerun prepare.py to rewrite it")
+                raise DataError(f"{path}: unreadable shard ({e}); rerun prepare.py to rewrite it")
             if mm.shape != (s["count"], *self.shape) or mm.dtype != np.float16:
-                raise ValueError(f"{path}: shape {mm.shape} {mm.dtype}, manifest says "
-                                 f"({s['count']}, {', '.join(map(str, self.shape))}) float16")
+                raise DataError(f"{path}: shape {mm.shape} {mm.dtype}, manifest says "
+                                f"({s['count']}, {', '.join(map(str, self.shape))}) float16")
             if len(self._maps) >= self.max_open:
                 self._maps.pop(next(iter(self._maps)))
             self._maps[k] = mm

@@ -47,7 +47,7 @@ def test_manifest_contents(tmp_path):
 
 
 def test_missing_manifest(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(shards.DataError, match="no manifest.json"):
         shards.ShardDataset(str(tmp_path))
 
 
@@ -55,17 +55,15 @@ def test_truncated_shard(tmp_path):
     build(tmp_path)
     path = tmp_path / "images_00001.npy"
     path.write_bytes(path.read_bytes()[:200])
-    ds = shards.ShardDataset(str(tmp_path))
-    ds.raw(0)
-    with pytest.raises(ValueError, match="images_00001.npy"):
-        ds.raw(6)
+    with pytest.raises(shards.DataError, match=r"images_00001.npy: 200 bytes, its header needs 768"):
+        shards.ShardDataset(str(tmp_path))  # the always-on check: sizes and headers, no data read
 
 
 def test_shape_mismatch(tmp_path):
     build(tmp_path)
     np.save(tmp_path / "images_00002.npy", np.zeros((3, 1, 4, 4), np.float16))
-    with pytest.raises(ValueError, match=r"shape \(3, 1, 4, 4\).*manifest says \(3, 1, 8, 8\)"):
-        shards.ShardDataset(str(tmp_path)).raw(11)
+    with pytest.raises(shards.DataError, match=r"shape \(3, 1, 4, 4\).*manifest says \(3, 1, 8, 8\)"):
+        shards.ShardDataset(str(tmp_path))
 
 
 def test_wrong_checksum(tmp_path):
@@ -74,9 +72,56 @@ def test_wrong_checksum(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    shards.ShardDataset(str(tmp_path))  # opening does not hash (fast) ...
-    with pytest.raises(ValueError, match="sha256 does not match"):
-        shards.ShardDataset(str(tmp_path), verify=True)  # ... verification does
+    ds = shards.ShardDataset(str(tmp_path))  # opening does not hash the images (fast) ...
+    ds.raw(12)                                # ... nor does reading an intact shard ...
+    with pytest.raises(shards.DataError, match="images_00000.npy: sha256 does not match"):
+        ds.raw(0)                             # ... the first read of the flipped one does
+    with pytest.raises(shards.DataError, match="images_00000.npy: sha256 does not match"):
+        shards.ShardDataset(str(tmp_path), verify=True)  # and --verify refuses before any work
+
+
+def test_each_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
+    import copy
+    build(tmp_path)
+    ds = shards.ShardDataset(str(tmp_path))
+    hashed = []
+    real = shards.sha256_file
+    monkeypatch.setattr(shards, "sha256_file", lambda p: hashed.append(p) or real(p))
+    ds.read_batch([0, 6, 7, 12])
+    ds.release()
+    copy.copy(ds).read_batch([1, 8])  # a copy (the prefetch thread's) shares what was checked
+    assert sorted(map(str, hashed)) == [str(tmp_path / f"images_0000{k}.npy") for k in range(3)]
+
+
+def test_corrupt_meta_is_one_line_naming_the_file(tmp_path):
+    build(tmp_path)
+    path = tmp_path / "meta_00001.npz"
+    path.write_bytes(b"PK" + path.read_bytes()[2:-40])
+    with pytest.raises(shards.DataError, match="meta_00001.npz: sha256 does not match") as e:
+        shards.ShardDataset(str(tmp_path))
+    assert "\n" not in str(e.value)
+    m = json.load(open(tmp_path / "manifest.json"))
+    del m["shards"][1]["meta_sha256"]  # without a checksum the reader still names the file
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(shards.DataError, match="meta_00001.npz: unreadable metadata"):
+        shards.ShardDataset(str(tmp_path))
+
+
+def test_values_beyond_float16_are_refused_and_the_norm_stays_finite(tmp_path):
+    writer = shards.ShardWriter(str(tmp_path), 4, 50.0, 5)
+    big = np.full((2, 4, 4), -10.0, np.float32)
+    big[1, 0, :2] = 7e4
+    with pytest.raises(shards.DataError, match=r"shard 0 of .*: 2 pixel\(s\) in 1 image\(s\) exceed the float16"):
+        writer.write(0, big, shards.standard_meta(2))
+    assert not list(tmp_path.glob("*.np*"))
+    m_path = tmp_path / "manifest.json"
+    build(tmp_path / "ok")
+    m = json.load(open(tmp_path / "ok" / "manifest.json"))
+    m["norm_std"] = float("nan")
+    (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(shards.DataError, match="std nan is not usable"):
+        shards.ShardDataset(str(tmp_path / "ok"))
+    assert not m_path.exists()
 
 
 def test_interrupted_write_resumes_without_duplicates(tmp_path):
