@@ -13,7 +13,8 @@ Writes  eval.out (null: <train.out>/eval):  report.json, report.md (the table, a
         {rmse, bias, r2, n, ci}}}}} with model in pretrained, random_init, physics; absent tasks are left out.
         ci = {metric: [lo, hi]}, the 95 % interval; random_init entries are means over seeds, with "seeds".
 
-Commands (exit codes: 0 done, 1 missing or bad input, one line; 2 bad config)
+Commands (exit codes: 0 done, 1 unusable input (a corrupt shard or checkpoint), one line; 2 bad config, a
+missing input or an unwritable eval.out, checked before any work; --verify hashes every shard first)
     python evaluate.py configs/demo.yaml                 # CPU, runs/demo/checkpoint.pt (~15 s on 2 cores)
     OMP_NUM_THREADS=1 python evaluate.py configs/demo.yaml   # faster when other jobs share a small CPU
     python evaluate.py configs/oceansar1.yaml eval.batch_size=1024        # GPU when present (bf16 autocast)
@@ -71,7 +72,7 @@ import shards
 
 # -------------------------------------------------------------------------------------------------- backbones
 
-class EvalError(RuntimeError):
+class EvalError(config.UserError, RuntimeError):
     """Missing or unusable input, reported by the CLI as one line (exit code 1)."""
 
 
@@ -299,9 +300,12 @@ def run_evaluation(cfg):
     tasks = {key: e[key] for key in ("classification", "regression") if e[key]}
     if not tasks:
         raise EvalError("nothing to evaluate: eval.classification and eval.regression are both empty")
-    for key, path in tasks.items():          # every input is checked before any work
-        if not os.path.isfile(os.path.join(path, "manifest.json")):
-            raise EvalError(f"eval.{key}={path} is not a prepared dataset (no manifest.json)")
+    # Every input and the output folder are checked before any work (exit 2 naming the key).
+    if not e["checkpoint"] and not os.path.isfile(ckpt):
+        raise config.ConfigError(f"config key 'eval.checkpoint': not set, and train.out {run_out} holds neither "
+                                 f"checkpoint.pt nor backbone.pt")
+    config.check_inputs(cfg, {"eval.checkpoint": "file", **{f"eval.{key}": "dataset" for key in tasks}})
+    out = config.check_writable(e["out"] or os.path.join(run_out, "eval"), "eval.out" if e["out"] else "train.out")
     backbone, spec = load_backbone(ckpt, cfg)
     nets = {"pretrained": backbone.to(device)}
     if e["baselines"]:                       # random_init: eval.random_seeds draws of the same architecture
@@ -315,7 +319,7 @@ def run_evaluation(cfg):
     cache, names, scatter = {}, None, {}
     for key, path in tasks.items():
         if path not in cache:                # one feature pass per dataset, shared by its tasks
-            ds = shards.ShardDataset(path)
+            ds = shards.ShardDataset(path, verify=e["verify"])
             split, m = dataset_splits(ds.meta, e["split_seed"]), ds.meta
             labelled = (m["class_idx"] >= 0) | np.isfinite(m["wind"]) | np.isfinite(m["hs"])
             rows = np.flatnonzero(labelled & np.isin(split, ("train", "val", "test")))
@@ -327,7 +331,7 @@ def run_evaluation(cfg):
             names = _classification(report, feats, ds, rows, masks, e)
         else:
             _regression(report, feats, ds, rows, masks, e, scatter)
-    paths = write_report(report, cfg, e["out"] or os.path.join(run_out, "eval"), names, scatter)
+    paths = write_report(report, cfg, out, names, scatter)
     print(f"evaluated in {time.perf_counter() - t0:.1f} s; wrote\n  " + "\n  ".join(paths))
     return report
 
@@ -445,7 +449,7 @@ def _knn_data(dataset_dir):
         bank, val, test = (np.flatnonzero((cls >= 0) & (split == s)) for s in ("train", "val", "test"))
         query = val if len(val) >= KNN_MIN_QUERIES or len(test) <= len(val) else test
         if not len(bank) or not len(query):
-            raise ValueError(f"{dataset_dir}: kNN needs labelled samples in the train and val (or test) splits")
+            raise EvalError(f"{dataset_dir}: kNN needs labelled samples in the train and val (or test) splits")
         rows, images = np.concatenate([bank, query]), None
         if rows.size * math.prod(ds.shape) * 2 <= KNN_CACHE_BYTES:
             images = torch.cat([torch.from_numpy(ds.read_batch(rows[s:s + 1024], raw=True)).half()
@@ -473,11 +477,8 @@ def knn_eval(backbone, dataset_dir, device, k=20, temperature=0.07, batch_size=2
 def main(argv=None):
     cfg = config.load_or_exit(sys.argv[1:] if argv is None else argv, stage="eval")
     config.show(cfg, ["model", "eval"])
-    try:
+    with config.user_errors():               # bad input: one line, no traceback; a bug keeps its traceback
         run_evaluation(cfg)
-    except (EvalError, FileNotFoundError, ValueError) as e:   # bad input: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ Commands (same code path for all; the process group comes from the torchrun envi
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_id=oceansar1 \\
              --rdzv_endpoint=<host0>:29500 pretrain.py configs/oceansar1.yaml  # 4 nodes (run on each node)
 A run resumes automatically from <out>/checkpoint.pt (train.resume=false starts over). Exit codes: 0 done,
-1 bad input or state (one-line message), 2 bad config, 3 non-finite loss (the last good checkpoint is left intact).
+1 bad input or state (one-line message: a corrupt shard, an unreadable checkpoint, a full disk, a lost peer
+process), 2 bad config (including a missing train.data or an unwritable train.out, checked before any work),
+3 non-finite loss (the message says whether the input batch was non-finite and which checkpoint exists).
+train.verify (--verify) hashes every shard before training; each shard is hashed anyway when first read.
 
 checkpoint.pt (torch.load(path, weights_only=True) reads it) holds: student, teacher (MultiCropWrapper state
 dicts, so model.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
@@ -41,6 +44,7 @@ import math
 import os
 import queue
 import random
+import shutil
 import sys
 import threading
 import time
@@ -57,19 +61,20 @@ import config
 import model as models
 import prune
 from augment import SARAugment
-from shards import ShardDataset
+from shards import NEAR_CONSTANT_DB, ShardDataset
 
 EXIT_NON_FINITE = 3
 # Independent random streams derived from the run seed (numpy SeedSequence keys).
 STREAM_SUBSET, STREAM_ORDER, STREAM_AUG, STREAM_DROP_PATH = 1, 2, 3, 4
 
 
-class PretrainError(RuntimeError):
+class PretrainError(config.UserError, RuntimeError):
     """A problem with the run's inputs or state, reported as one line (exit code 1)."""
 
 
 class NonFiniteLoss(PretrainError):
     """The loss became NaN/inf (exit code 3)."""
+    code = EXIT_NON_FINITE
 
 
 def stream_seed(*keys):
@@ -195,7 +200,7 @@ def epoch_indices(epoch, dataset, cfg, pruner_state, backbone=None, device="cpu"
     if not due:
         return pruner_state["indices"].numpy(), pruner_state, None
     indices, info, _, clusters = prune.rebalance(backbone, dataset, cfg, epoch, device)
-    state = {"indices": torch.from_numpy(indices), "epoch": epoch, "centroids": clusters.centroids}
+    state = {"indices": torch.from_numpy(indices), "epoch": epoch, "centroids": clusters.centroids, "info": info}
     return indices, state, info
 
 
@@ -335,12 +340,26 @@ def set_rng_states(s):
 
 
 def atomic_save(obj, path):
-    """torch.save to a temporary name, fsync, then rename: a reader never sees a half-written file."""
-    with open(path + ".tmp", "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    """torch.save to a temporary name, fsync, then rename: a reader never sees a half-written file.
+
+    A failed write (disk full, quota) removes the partial file, which would otherwise keep the disk full, and
+    stops with one line naming the path and the free space; the previous file at `path` is untouched."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a short write as "unexpected pos"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, RuntimeError) and "unexpected pos" not in str(e) and "write" not in str(e).lower():
+            raise
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+        raise PretrainError(f"could not write {path} ({reason}); {free / 2**20:.0f} MiB free on its disk; the "
+                            f"partial {os.path.basename(tmp)} was removed") from None
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path):
@@ -412,7 +431,9 @@ class Trainer:
         if self.main:
             os.makedirs(self.out, exist_ok=True)
             config.save(cfg, self.out)
-        self.dataset = ShardDataset(t["data"])
+        self.dataset = ShardDataset(t["data"], verify=t["verify"])
+        if self.main:
+            warn_near_constant(self.dataset, t["data"])
         if t["eval_every"] and t["eval_data"] and not os.path.isfile(os.path.join(t["eval_data"], "manifest.json")):
             raise PretrainError(f"train.eval_data={t['eval_data']} is not a prepared dataset "
                                 f"(set train.eval_every=0 to train without the periodic kNN)")
@@ -517,9 +538,7 @@ class Trainer:
         stats = torch.cat([loss.detach()[None], entropies, collapse.feature_spread(t_feats)[None]])
         loss_value, entropy, batch_entropy, feature_std = all_reduce_mean(stats.float()).tolist()
         if not math.isfinite(loss_value):
-            raise NonFiniteLoss(f"loss is {loss_value} at iteration {it} (epoch {epoch}); stopping. The last good "
-                                f"checkpoint {self.ckpt_path} is left intact: lower train.lr or raise "
-                                f"train.warmup_epochs, then rerun to resume")
+            raise NonFiniteLoss(self.non_finite_message(x, loss_value, epoch))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(self.trainable, t["clip_grad"])
@@ -532,6 +551,25 @@ class Trainer:
         # KL(q || p) averaged over the view pairs = cross-entropy - H(q): every teacher view meets as many students
         return loss_value, {"teacher_entropy": entropy, "batch_entropy": batch_entropy,
                             "kl_teacher_student": loss_value - entropy, "feature_std": feature_std}
+
+    def non_finite_message(self, x, loss_value, epoch):
+        """What caused a NaN/inf loss (the data or the optimisation) and what is on disk to resume from."""
+        where = f"loss is {loss_value} at iteration {self.iteration} (epoch {epoch})"
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            cause = (f"the input batch holds {bad} non-finite pixel(s): {self.t['data']} is damaged (check it "
+                     f"with --verify, or prepare it again)")
+        else:
+            cause = "the input batch is finite: lower train.lr or raise train.warmup_epochs"
+        if os.path.exists(self.ckpt_path):
+            try:
+                saved = f"iteration {load_checkpoint(self.ckpt_path)['iteration']}"
+            except PretrainError:
+                saved = "unreadable"
+            state = f"the last checkpoint {self.ckpt_path} ({saved}) is left intact; rerun to resume from it"
+        else:
+            state = f"no checkpoint was written yet in {self.out}; a rerun starts over"
+        return f"{where}; stopping. {cause}. {state}"
 
     def iteration_record(self, epoch, loss, diagnostics, images_per_s):
         it = self.iteration - 1
@@ -563,6 +601,8 @@ class Trainer:
                                                                       self.teacher.backbone, self.device)
             if curation and self.main:
                 tqdm.write(f"epoch {epoch}: {prune.curation_line(curation)}")
+        elif self.pruner_state.get("epoch") == epoch:  # resumed inside a curated epoch: log its curation again
+            curation = self.pruner_state.get("info")
         curation_s = time.perf_counter() - start
         batches = rank_batches(self.indices, epoch, t["seed"], self.ipe, t["batch_size_per_gpu"], self.rank, self.world)
         end = min(self.stop_at, (epoch + 1) * self.ipe)
@@ -633,6 +673,25 @@ class Trainer:
             self.say(f"done at iteration {self.iteration}; teacher backbone in {os.path.join(self.out, 'backbone.pt')}")
 
 
+def warn_near_constant(dataset, name):
+    """Constant imagettes train without error and teach nothing: say so at load (per-image std of a sample)."""
+    std = dataset.image_std()
+    share = float((std < NEAR_CONSTANT_DB).mean())
+    if share >= 0.1:
+        tqdm.write(f"warning: train.data {name}: {share:.0%} of {len(std)} sampled imagettes are near-constant "
+                   f"(per-image std < {NEAR_CONSTANT_DB} dB; median {np.median(std):.3g} dB): check what "
+                   f"prepare.py read", file=sys.stderr)
+    return share
+
+
+def lost_peer(error):
+    """A collective failed because another process of the group died (gloo: connection closed / reset)."""
+    text = str(error)
+    return dist.is_initialized() and isinstance(error, RuntimeError) and any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                            "Socket Timeout", "connection closed"))
+
+
 def train(cfg):
     """Run (or resume) pretraining; returns {"student", "teacher" (unwrapped), "iteration", "out",
     "pruner_state"}."""
@@ -644,21 +703,28 @@ def train(cfg):
 
 def run(argv):
     cfg = config.load_or_exit(argv, stage="train")
+    t = cfg["train"]
+    config.check_inputs(cfg, {"train.data": "dataset", "train.eval_data": "dataset"} if t["eval_every"] else
+                        {"train.data": "dataset"})
     if int(os.environ.get("RANK", 0)) == 0:
+        config.check_writable(t["out"], "train.out")
         config.show(cfg, ["model", "train", "aug", "prune"])
     try:
         return train(cfg)
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        raise PretrainError(f"rank {dist.get_rank()} of {dist.get_world_size()}: lost contact with another process "
+                            f"of the group ({str(e).splitlines()[0][:160]}); a peer rank died or was killed, its "
+                            f"own output says why; rerun to resume from the last checkpoint") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def main():
-    try:
+    with config.user_errors():  # bad input or state: one line; a bug keeps its traceback
         run(sys.argv[1:])
-    except (PretrainError, FileNotFoundError, ValueError) as e:  # bad input or state: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_NON_FINITE if isinstance(e, NonFiniteLoss) else 1)
 
 
 if __name__ == "__main__":

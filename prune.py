@@ -17,12 +17,14 @@ Used by pretrain.py (prune.mode=static|dynamic) through `rebalance(backbone, dat
 from the command line to curate any prepared dataset with any checkpoint:
 
     python prune.py configs/demo.yaml checkpoint=runs/demo/checkpoint.pt out=runs/demo/curation
-    python prune.py configs/oceansar1.yaml checkpoint=runs/oceansar1/backbone.pt data=data/s1wv/archive
+    python prune.py configs/oceansar1.yaml checkpoint=runs/oceansar1/backbone.pt data=data/s1wv/archive --verify
 
 The CLI writes, in `out` (default <train.out>/curation): indices.npy (the kept dataset indices, sorted),
 assignments.npy ([2, |P|]: pool dataset index, leaf cluster), diagnostics.json (cluster sizes and entropy pool vs
 kept, class histogram and top-class share, mean wind / Hs / incidence pool vs kept), clusters.png (random clusters
 as rows x random members) and cluster_sizes.png (leaf sizes before and after balancing), config.yaml.
+Before any work it checks that prune.checkpoint and the dataset exist and the output folder is writable (exit 2
+naming the key); --verify hashes every shard first; a corrupt shard or checkpoint is one line (exit 1).
 
 Edge cases: fewer pool images than clusters reduces k (warning); duplicates are fine; non-finite features stop
 with a ValueError naming how many rows; a target larger than the pool keeps the whole pool (warning); k = 1
@@ -42,6 +44,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import config
+import shards
 from kmeans import (DEFAULT_MEM_BYTES, all_gather_rows, assign_prepared, check_features, fit_prepared_hierarchy,
                     layout, make_generator, owned_rows, prepare_points, rank_in_segment)
 
@@ -285,24 +289,25 @@ def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, p
 
 
 def main(argv):
-    import config
     import evaluate
-    import shards
     cfg = config.load_or_exit(argv, stage="prune")
     config.show(cfg, ["prune"])
+    with config.user_errors():  # a bad path, a corrupt shard or checkpoint: one line; a bug keeps its traceback
+        curate_cli(cfg, evaluate.load_backbone)
+
+
+def curate_cli(cfg, load_backbone):
+    """The CLI's work; every input and the output folder are checked before anything is computed."""
     p = cfg["prune"]
-    data = p["data"] or cfg["train"]["data"]
+    data_key, out_key = "prune.data" if p["data"] else "train.data", "prune.out" if p["out"] else "train.out"
     out = p["out"] or os.path.join(cfg["train"]["out"], "curation")
     if not p["checkpoint"]:
-        print("error: config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt or "
-              "backbone.pt>", file=sys.stderr)
-        sys.exit(2)
-    try:
-        dataset = shards.ShardDataset(data)
-        backbone, _ = evaluate.load_backbone(p["checkpoint"], cfg)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        raise config.ConfigError("config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt "
+                                 "or backbone.pt>")
+    config.check_inputs(cfg, {"prune.checkpoint": "file", data_key: "dataset"})
+    config.check_writable(out, out_key)
+    dataset = shards.ShardDataset(config.get(cfg, data_key), verify=p["verify"])
+    backbone, _ = load_backbone(p["checkpoint"], cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone.to(device)
     indices, info, pool, clusters = rebalance(backbone, dataset, cfg, epoch=0, device=device)

@@ -458,12 +458,12 @@ def test_cli_report_from_a_backbone_file_with_more_features_and_no_baselines(tin
 
 
 @pytest.mark.parametrize("args, message", [
-    (["checkpoint=/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt does not exist"),
-    (["eval.regression=/nonexistent/set"], "eval.regression=/nonexistent/set is not a prepared dataset"),
+    (["checkpoint=/nonexistent/ckpt.pt"], "config key 'eval.checkpoint': /nonexistent/ckpt.pt does not exist"),
+    (["eval.regression=/nonexistent/set"], "config key 'eval.regression': /nonexistent/set does not exist"),
 ])
-def test_cli_missing_input_is_one_line_and_exit_1(tiny, args, message):
+def test_cli_missing_input_is_one_line_and_exit_2(tiny, args, message):
     proc = run_cli(tiny["yaml"], f"checkpoint={tiny['root'] / 'checkpoint.pt'}", *args)
-    assert proc.returncode == 1 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 

@@ -304,7 +304,7 @@ def test_resume_after_kill_is_bitwise_exact_and_checkpoint_round_trips(tmp_path,
     bad = run_pretrain(full_cfg, "batch_size_per_gpu=4", "epochs=4")
     assert bad.returncode == 1 and "global batch" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_pretrain(full_cfg, f"data={tmp_path / 'nowhere'}")
-    assert missing.returncode == 1 and "no manifest.json" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "config key 'train.data'" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_two_process_gloo_ranks_keep_identical_teachers(tmp_path, data_dir):
