@@ -61,7 +61,7 @@ import config
 import model as models
 import prune
 from augment import SARAugment
-from shards import NEAR_CONSTANT_DB, ShardDataset
+from shards import ShardDataset, near_constant_warning
 
 EXIT_NON_FINITE = 3
 # Independent random streams derived from the run seed (numpy SeedSequence keys).
@@ -432,8 +432,8 @@ class Trainer:
             os.makedirs(self.out, exist_ok=True)
             config.save(cfg, self.out)
         self.dataset = ShardDataset(t["data"], verify=t["verify"])
-        if self.main:
-            warn_near_constant(self.dataset, t["data"])
+        if self.main and (warning := near_constant_warning(self.dataset)):
+            tqdm.write(f"warning: train.data {warning}", file=sys.stderr)
         if t["eval_every"] and t["eval_data"] and not os.path.isfile(os.path.join(t["eval_data"], "manifest.json")):
             raise PretrainError(f"train.eval_data={t['eval_data']} is not a prepared dataset "
                                 f"(set train.eval_every=0 to train without the periodic kNN)")
@@ -554,22 +554,18 @@ class Trainer:
 
     def non_finite_message(self, x, loss_value, epoch):
         """What caused a NaN/inf loss (the data or the optimisation) and what is on disk to resume from."""
-        where = f"loss is {loss_value} at iteration {self.iteration} (epoch {epoch})"
         bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            cause = (f"the input batch holds {bad} non-finite pixel(s): {self.t['data']} is damaged (check it "
-                     f"with --verify, or prepare it again)")
-        else:
-            cause = "the input batch is finite: lower train.lr or raise train.warmup_epochs"
+        cause = (f"the input batch holds {bad} non-finite pixel(s): {self.t['data']} is damaged (check it with "
+                 f"--verify, or prepare it again)" if bad else
+                 "the input batch is finite: lower train.lr or raise train.warmup_epochs")
+        state = f"no checkpoint was written yet in {self.out}; a rerun starts over"
         if os.path.exists(self.ckpt_path):
             try:
                 saved = f"iteration {load_checkpoint(self.ckpt_path)['iteration']}"
             except PretrainError:
                 saved = "unreadable"
             state = f"the last checkpoint {self.ckpt_path} ({saved}) is left intact; rerun to resume from it"
-        else:
-            state = f"no checkpoint was written yet in {self.out}; a rerun starts over"
-        return f"{where}; stopping. {cause}. {state}"
+        return f"loss is {loss_value} at iteration {self.iteration} (epoch {epoch}); stopping. {cause}. {state}"
 
     def iteration_record(self, epoch, loss, diagnostics, images_per_s):
         it = self.iteration - 1
@@ -673,23 +669,7 @@ class Trainer:
             self.say(f"done at iteration {self.iteration}; teacher backbone in {os.path.join(self.out, 'backbone.pt')}")
 
 
-def warn_near_constant(dataset, name):
-    """Constant imagettes train without error and teach nothing: say so at load (per-image std of a sample)."""
-    std = dataset.image_std()
-    share = float((std < NEAR_CONSTANT_DB).mean())
-    if share >= 0.1:
-        tqdm.write(f"warning: train.data {name}: {share:.0%} of {len(std)} sampled imagettes are near-constant "
-                   f"(per-image std < {NEAR_CONSTANT_DB} dB; median {np.median(std):.3g} dB): check what "
-                   f"prepare.py read", file=sys.stderr)
-    return share
-
-
-def lost_peer(error):
-    """A collective failed because another process of the group died (gloo: connection closed / reset)."""
-    text = str(error)
-    return dist.is_initialized() and isinstance(error, RuntimeError) and any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-                            "Socket Timeout", "connection closed"))
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "connection closed")
 
 
 def train(cfg):
@@ -711,8 +691,8 @@ def run(argv):
         config.show(cfg, ["model", "train", "aug", "prune"])
     try:
         return train(cfg)
-    except RuntimeError as e:
-        if not lost_peer(e):
+    except RuntimeError as e:  # gloo's words when another process of the group died
+        if not (dist.is_initialized() and any(words in str(e) for words in PEER_LOST)):
             raise
         raise PretrainError(f"rank {dist.get_rank()} of {dist.get_world_size()}: lost contact with another process "
                             f"of the group ({str(e).splitlines()[0][:160]}); a peer rank died or was killed, its "

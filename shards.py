@@ -94,6 +94,17 @@ def stratified_split(class_idx, seed, fractions=(0.8, 0.05, 0.15)):
     return split
 
 
+def near_constant_warning(dataset, threshold=0.1):
+    """A warning (str) when at least `threshold` of a sample of imagettes are near-constant, else None: such data
+    trains without any error and teaches nothing."""
+    std = dataset.image_std()
+    share = float((std < NEAR_CONSTANT_DB).mean())
+    if share < threshold:
+        return None
+    return (f"{dataset.folder}: {share:.0%} of {len(std)} sampled imagettes are near-constant (per-image std < "
+            f"{NEAR_CONSTANT_DB} dB; median {np.median(std):.3g} dB): check what prepare.py read")
+
+
 class ShardWriter:
     """Writes a dataset folder shard by shard; safe to interrupt and rerun."""
 
@@ -279,11 +290,16 @@ class ShardDataset:
             if sha256_file(path) != s["meta_sha256"]:
                 raise DataError(f"{path}: sha256 does not match the manifest (corrupt or modified metadata)")
 
-    def image_std(self, n=256, seed=0):
-        """Per-image std (dB) of up to n random imagettes: near zero means the data carries no texture."""
+    def image_std(self, n=256, seed=0, max_shards=4):
+        """Per-image std (dB) of up to n random imagettes from up to max_shards random shards (so a large archive
+        hashes only those at load): near zero means the data carries no texture."""
         rng = np.random.default_rng(seed)
-        idx = np.sort(rng.choice(len(self), size=min(n, len(self)), replace=False))
-        return self.read_batch(idx, raw=True).reshape(len(idx), -1).std(1)
+        picked = rng.choice(len(self.manifest["shards"]), size=min(max_shards, len(self.manifest["shards"])),
+                            replace=False)
+        pool = np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in picked])
+        idx = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self.read_batch(idx, raw=True).reshape(len(idx), -1).std(1)
 
     # ---------------------------------------------------------------- images
     def _open(self, k):
