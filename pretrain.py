@@ -356,7 +356,7 @@ def atomic_save(obj, path):
         if isinstance(e, RuntimeError) and "unexpected pos" not in str(e) and "write" not in str(e).lower():
             raise
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write was cut short"
         raise PretrainError(f"could not write {path} ({reason}); {free / 2**20:.0f} MiB free on its disk; the "
                             f"partial {os.path.basename(tmp)} was removed") from None
     os.replace(tmp, path)

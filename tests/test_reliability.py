@@ -254,7 +254,8 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_file(
     torch.save({"w": torch.ones(3)}, path)  # the previous checkpoint
     r = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=ROOT, path=str(path))], capture_output=True,
                        text=True, env=ENV)
-    line = one_line(r, 1, f"could not write {path} (File too large); ")
+    line = one_line(r, 1, f"could not write {path} (")  # torch reports EFBIG / ENOSPC as a short write
+    assert "(File too large); " in line or "(the write was cut short); " in line
     assert "MiB free on its disk; the partial checkpoint.pt.tmp was removed" in line
     assert os.listdir(tmp_path) == ["checkpoint.pt"] and torch.equal(torch.load(path)["w"], torch.ones(3))
 
