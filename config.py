@@ -134,7 +134,7 @@ SCHEMA = {
     # ---------------------------------------------------------------- model.py
     "model": {
         "arch": _k("vit_small", str, "backbone", choices=ARCHS),
-        "patch_size": _k(16, int, "ViT patch size", choices=[4, 8, 16, 32]),
+        "patch_size": _k(16, int, "ViT patch size (14: the DINOv2 releases)", choices=[4, 8, 14, 16, 32]),
         "drop_path": _k(0.1, float, "stochastic depth rate (ViT)", lo=0.0, hi=0.9),
         "width": _k(64, int, "ResNet: channels of the first stage (torchvision: 64; stage k has width * 2^(k-1))",
                     lo=4, hi=512),
@@ -142,6 +142,8 @@ SCHEMA = {
         "head_hidden_dim": _k(2048, int, "DINO head hidden size", lo=8),
         "head_bottleneck_dim": _k(256, int, "DINO head bottleneck size", lo=8),
         "norm_last_layer": _k(True, bool, "weight-normalised last layer with frozen magnitude"),
+        "layerscale": _k(0.0, float, "ViT LayerScale initial value (DINOv2: 1e-5; 0: no LayerScale)", lo=0.0),
+        "registers": _k(0, int, "ViT register tokens (DINOv2 with registers: 4)", lo=0),
     },
     # ---------------------------------------------------------------- pretrain.py
     "train": {
@@ -180,6 +182,22 @@ SCHEMA = {
                                lo=0),
         "device": _k("auto", str, "auto: one CUDA device per local rank when available, else cpu",
                      choices=["auto", "cpu", "cuda"]),
+        # ---- the objective (dinov2.py)
+        "objective": _k("dino", str, "dino: OceanSAR-1 (DINO); dinov2: OceanSAR-2 (DINO + iBOT + KoLeo, ViT only)",
+                        choices=["dino", "dinov2"]),
+        "centering": _k("ema", str, "dinov2 teacher centring: ema (DINO centre) or sinkhorn (Sinkhorn-Knopp)",
+                        choices=["ema", "sinkhorn"]),
+        "mask_probability": _k(0.5, float, "dinov2: fraction of the student's global crops that are masked",
+                               lo=0.0, hi=1.0),
+        "mask_ratio": _k([0.1, 0.5], "floats", "dinov2: range of the masked patch fraction of a masked crop",
+                         length=2, lo=0.0, hi=0.5),
+        "ibot_separate_head": _k(False, bool, "dinov2: a separate iBOT head (false: the DINO head is shared)"),
+        "ibot_weight": _k(1.0, float, "dinov2: weight of the iBOT masked-patch loss", lo=0.0),
+        "ibot_student_temp": _k(0.1, float, "dinov2: iBOT student temperature", lo=1e-4),
+        "ibot_teacher_temp": _k(0.07, float, "dinov2: final iBOT teacher temperature", lo=1e-4),
+        "ibot_warmup_teacher_temp": _k(0.04, float, "dinov2: initial iBOT teacher temperature (warm-up over "
+                                       "train.warmup_teacher_temp_epochs)", lo=1e-4),
+        "koleo_weight": _k(0.1, float, "dinov2: weight of the KoLeo regulariser on the student CLS tokens", lo=0.0),
     },
     # ---------------------------------------------------------------- SAR augmentations (pretrain.py)
     "aug": {
@@ -318,6 +336,7 @@ def load(argv, stage=None):
             dotted = f"{stage}.{dotted}"
         _set(cfg, dotted, value, "command line")
     check_pool(cfg)
+    check_combinations(cfg)
     return cfg
 
 
@@ -327,6 +346,7 @@ def apply(cfg, overrides, origin):
     for dotted, value in overrides.items():
         _set(out, dotted, value, origin)
     check_pool(out)
+    check_combinations(out)
     return out
 
 
@@ -336,6 +356,20 @@ def check_pool(cfg):
     if p["mode"] != "none" and p["pool_size"] is None and p["pool_fraction"] < p["rho"]:
         raise ConfigError(f"config key 'prune.pool_fraction': {p['pool_fraction']} is below prune.rho={p['rho']}; "
                           f"the kept ceil(rho * N) images are drawn from the pool (1.0: the whole archive)")
+
+
+def check_combinations(cfg):
+    """Keys that are valid alone but not together (ConfigError naming both)."""
+    t, arch = cfg["train"], cfg["model"]["arch"]
+    if t["objective"] == "dinov2" and not arch.startswith("vit"):
+        raise ConfigError(f"config keys 'train.objective' and 'model.arch': objective dinov2 (masked patch tokens) "
+                          f"needs a ViT, got model.arch={arch}")
+    if t["centering"] == "sinkhorn" and t["objective"] != "dinov2":
+        raise ConfigError("config keys 'train.centering' and 'train.objective': sinkhorn centring is part of "
+                          "objective dinov2 (objective dino uses the EMA centre)")
+    if t["mask_ratio"][0] > t["mask_ratio"][1]:
+        raise ConfigError(f"config key 'train.mask_ratio': got {t['mask_ratio']}, expected [low, high] with "
+                          f"low <= high")
 
 
 def load_or_exit(argv, stage=None):
