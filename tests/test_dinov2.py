@@ -241,3 +241,21 @@ def test_dinov2_sinkhorn_under_two_process_torchrun(tmp_path, data_dir):
     assert ck["iteration"] == 6 and state_hash(ck["teacher"]) != state_hash(init.state_dict())
     assert not ck["dino_loss"]["center"].any()          # sinkhorn: the EMA centre is never used
     assert "backbone.register_tokens" in ck["teacher"] and "backbone.blocks.0.ls1.gamma" in ck["teacher"]
+
+
+# ---------------------------------------------------------------------------------------------- wind direction
+def test_angular_error_and_direction_probes():
+    import probes
+    assert torch.allclose(probes.angular_error(torch.tensor([350.0, 10.0, 0.0]), torch.tensor([10.0, 350.0, 180.0])),
+                          torch.tensor([20.0, 20.0, 180.0], dtype=torch.float64))
+    assert float(probes.angular_error(torch.tensor([10.0]), torch.tensor([175.0]), period=180.0)) == 15.0
+    rng = np.random.default_rng(6)
+    theta = torch.from_numpy(rng.uniform(0, 360, 400))
+    r = torch.deg2rad(theta)
+    noise = torch.from_numpy(rng.normal(0, 0.05, (400, 3)))
+    split = lambda X: [(X[a:b].float(), theta[a:b]) for a, b in ((0, 300), (300, 340), (340, 400))]  # noqa: E731
+    sense = probes.direction_probes(*split(torch.cat([torch.stack([r.cos(), r.sin()], 1), noise], 1)))
+    assert sense["linear"]["mae_deg"] < 5 and sense["knn"]["mae_deg"] < 10 and sense["linear"]["n"] == 60
+    # Features that know only the axis (SAR's 180 deg ambiguity): the axis is found, the sense is a coin toss.
+    axis = probes.direction_probes(*split(torch.cat([torch.stack([(2 * r).cos(), (2 * r).sin()], 1), noise], 1)))
+    assert axis["linear"]["mae_axis_deg"] < 5 and axis["linear"]["mae_deg"] > 45
