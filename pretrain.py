@@ -19,13 +19,15 @@ A run resumes automatically from <out>/checkpoint.pt (train.resume=false starts 
 
 checkpoint.pt (torch.load(path, weights_only=True) reads it) holds: student, teacher (MultiCropWrapper state
 dicts, so model.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
-(the centre), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
+(the centre; dinov2: center and ibot_center), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
 (torch, numpy, python, cuda states), config (plain data), indices (the epoch's subset, int64) and pruner_state.
 
 The recipe (see README, "The method"): multi-crop DINO with a centred, sharpened EMA teacher; per-iteration schedules
 (lr with linear warm-up, scaled by global_batch/256, cosine to min_lr; weight decay cosine; teacher momentum
 cosine to 1; teacher temperature linear warm-up) computed once over the whole run. One epoch is
 ceil(ceil(prune.rho * N) / global_batch) iterations for every epoch and every pruning mode.
+train.objective=dinov2 (OceanSAR-2, ViT only) adds block-masked student globals, the iBOT patch loss and KoLeo
+(dinov2.py; README "2b"); its masks come from a (seed, epoch, iteration, rank) generator like the augmentations.
 
 Data path: `epoch_indices` gives the epoch's subset of the archive (uniform random for prune.mode=none and in
 warm-up; prune.py curates it otherwise, keeping its state in the checkpoint's `pruner_state`). The subset is
