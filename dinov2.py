@@ -129,7 +129,8 @@ def sinkhorn_knopp(logits, temp, iterations=3):
     Starts from exp(logits / temp) (shifted by the global max, which the first normalisation removes) and
     alternates prototype (column) and sample (row) normalisation over the global batch of every rank."""
     z = logits.float() / temp
-    top = _all_reduce(z.max().reshape(1), dist.ReduceOp.MAX if dist.is_initialized() else None)
+    local_top = z.max() if z.numel() else z.new_tensor(-math.inf)       # a rank may have no masked patch
+    top = _all_reduce(local_top.reshape(1), dist.ReduceOp.MAX if dist.is_initialized() else None)
     q = torch.exp(z - top).t()                                         # [K, B]
     count = _all_reduce(torch.tensor([float(q.shape[1])], device=q.device))
     k = q.shape[0]

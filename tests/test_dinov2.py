@@ -104,6 +104,7 @@ def test_sinkhorn_knopp_rows_and_columns():
     assert np.allclose(q.numpy(), ref.T * 12, atol=1e-5)
     converged = dinov2.sinkhorn_knopp(logits, 0.5, iterations=200)
     assert torch.allclose(converged.sum(0), torch.full((6,), 2.0), rtol=1e-4)   # every prototype: B / K
+    assert dinov2.sinkhorn_knopp(logits[:0], 0.5).shape == (0, 6)        # no masked patch on this rank
 
 
 def test_dino_term_equals_the_dino_loss():
