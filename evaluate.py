@@ -47,7 +47,8 @@ something next to random_init (what the architecture and probe get for free) and
 hand-crafted SAR statistics get). Where the regression set has a `wind_dir` column
 (degrees relative to the radar look, as synthetic.py writes), the wind direction is a circular target: probes on
 (cos, sin), mean absolute angular error in [0, 180] (chance 90); SAR sees the wind axis better than its sense
-(the 180° ambiguity), so report.json adds mae_axis_deg from probes on (cos 2θ, sin 2θ), in [0, 90] (chance 45). report.json adds per-class recall, confusions, bias, R² and n.
+(the 180° ambiguity), so report.json adds mae_axis_deg from probes on (cos 2θ, sin 2θ), in [0, 90] (chance 45).
+report.json adds per-class recall, confusions, bias, R² and n.
 
 The probes and the physics features live in probes.py. Here: load_backbone (checkpoint.pt, backbone.pt or
 external weights), extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
