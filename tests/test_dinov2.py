@@ -260,3 +260,12 @@ def test_angular_error_and_direction_probes():
     # Features that know only the axis (SAR's 180 deg ambiguity): the axis is found, the sense is a coin toss.
     axis = probes.direction_probes(*split(torch.cat([torch.stack([(2 * r).cos(), (2 * r).sin()], 1), noise], 1)))
     assert axis["linear"]["mae_axis_deg"] < 5 and axis["linear"]["mae_deg"] > 45
+
+
+def test_a_study_variant_can_set_the_objective():
+    import study
+    cfg = config.defaults()
+    over = study.variant_overrides("v2", {"prune.mode": "dynamic", "train.objective": "dinov2"}, cfg)
+    assert over["train.objective"] == "dinov2"
+    with pytest.raises(config.ConfigError, match="train.lr"):
+        study.variant_overrides("lr", {"train.lr": 1.0}, cfg)
