@@ -153,7 +153,7 @@ SCHEMA = {
     # ---------------------------------------------------------------- model.py
     "model": {
         "arch": _k("vit_small", str, "backbone", choices=ARCHS),
-        "patch_size": _k(16, int, "ViT patch size", choices=[4, 8, 16, 32]),
+        "patch_size": _k(16, int, "ViT patch size (14: the DINOv2 releases)", choices=[4, 8, 14, 16, 32]),
         "drop_path": _k(0.1, float, "stochastic depth rate (ViT)", lo=0.0, hi=0.9),
         "width": _k(64, int, "ResNet: channels of the first stage (torchvision: 64; stage k has width * 2^(k-1))",
                     lo=4, hi=512),
@@ -161,6 +161,8 @@ SCHEMA = {
         "head_hidden_dim": _k(2048, int, "DINO head hidden size", lo=8),
         "head_bottleneck_dim": _k(256, int, "DINO head bottleneck size", lo=8),
         "norm_last_layer": _k(True, bool, "weight-normalised last layer with frozen magnitude"),
+        "layerscale": _k(0.0, float, "ViT LayerScale initial value (DINOv2: 1e-5; 0: no LayerScale)", lo=0.0),
+        "registers": _k(0, int, "ViT register tokens (DINOv2 with registers: 4)", lo=0),
     },
     # ---------------------------------------------------------------- pretrain.py
     "train": {
@@ -201,6 +203,22 @@ SCHEMA = {
                      choices=["auto", "cpu", "cuda"]),
         "verify": _k(False, bool, "check the sha256 of every shard of train.data before training (shards are "
                      "always checked lazily, once per process, when first read)"),
+        # ---- the objective (dinov2.py)
+        "objective": _k("dino", str, "dino: OceanSAR-1 (DINO); dinov2: OceanSAR-2 (DINO + iBOT + KoLeo, ViT only)",
+                        choices=["dino", "dinov2"]),
+        "centering": _k("ema", str, "dinov2 teacher centring: ema (DINO centre) or sinkhorn (Sinkhorn-Knopp)",
+                        choices=["ema", "sinkhorn"]),
+        "mask_probability": _k(0.5, float, "dinov2: fraction of the student's global crops that are masked",
+                               lo=0.0, hi=1.0),
+        "mask_ratio": _k([0.1, 0.5], "floats", "dinov2: range of the masked patch fraction of a masked crop",
+                         length=2, lo=0.0, hi=0.5),
+        "ibot_separate_head": _k(False, bool, "dinov2: a separate iBOT head (false: the DINO head is shared)"),
+        "ibot_weight": _k(1.0, float, "dinov2: weight of the iBOT masked-patch loss", lo=0.0),
+        "ibot_student_temp": _k(0.1, float, "dinov2: iBOT student temperature", lo=1e-4),
+        "ibot_teacher_temp": _k(0.07, float, "dinov2: final iBOT teacher temperature", lo=1e-4),
+        "ibot_warmup_teacher_temp": _k(0.04, float, "dinov2: initial iBOT teacher temperature (warm-up over "
+                                       "train.warmup_teacher_temp_epochs)", lo=1e-4),
+        "koleo_weight": _k(0.1, float, "dinov2: weight of the KoLeo regulariser on the student CLS tokens", lo=0.0),
     },
     # ---------------------------------------------------------------- SAR augmentations (pretrain.py)
     "aug": {
@@ -349,7 +367,16 @@ def check_together(cfg):
                           f"{sum(d['split_fractions']):g}, expected 1 (train, val, test)")
     if d["class_prior"] is not None and sum(d["class_prior"]) <= 0:
         raise ConfigError("config key 'data.class_prior': all weights are 0, at least one must be positive")
-    if m["arch"] != "resnet50":
+    if t["objective"] == "dinov2" and not m["arch"].startswith("vit"):
+        raise ConfigError(f"config keys 'train.objective' and 'model.arch': objective dinov2 (masked patch tokens) "
+                          f"needs a ViT, got model.arch={m['arch']}")
+    if t["centering"] == "sinkhorn" and t["objective"] != "dinov2":
+        raise ConfigError("config keys 'train.centering' and 'train.objective': sinkhorn centring is part of "
+                          "objective dinov2 (objective dino uses the EMA centre)")
+    if t["mask_ratio"][0] > t["mask_ratio"][1]:
+        raise ConfigError(f"config key 'train.mask_ratio': got {t['mask_ratio']}, expected [low, high] with "
+                          f"low <= high")
+    if m["arch"].startswith("vit"):                   # a ResNet has no patches
         crops = [("train.global_crops_size", t["global_crops_size"])]
         if t["local_crops_number"]:
             crops.append(("train.local_crops_size", t["local_crops_size"]))

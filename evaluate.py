@@ -10,7 +10,8 @@ Writes  eval.out (null: <train.out>/eval):  report.json, report.md (the table, a
         pretrained and physics linear probes), config.yaml (the resolved config). report.json is
         {"checkpoint", "arch", "feature_dim", "results": {model: {"classification": {"linear"|"knn": {accuracy,
         balanced_accuracy, macro_f1, n, ci, confusion, per_class: {name: recall}}}, "wind"|"hs": {"linear"|"knn":
-        {rmse, bias, r2, n, ci}}}}} with model in pretrained, random_init, physics; absent tasks are left out.
+        {rmse, bias, r2, n, ci}}, "wind_dir": {"linear"|"knn": {mae_deg, mae_axis_deg, n, ci}}}}} with model in
+        pretrained, random_init, physics; absent tasks are left out.
         ci = {metric: [lo, hi]}, the 95 % interval; random_init entries are means over seeds, with "seeds".
 
 Commands (exit codes: 0 done, 1 unusable input (a corrupt shard or checkpoint), one line; 2 bad config, a
@@ -44,7 +45,11 @@ Reading the table: rows are models; classification columns are test accuracy, ba
 recall: what the rare TenGeoP classes weigh) and macro-F1 of the linear probe, then kNN accuracy; wind
 (m/s) and Hs (m) columns give test RMSE of the linear probe / of kNN. A pretrained number only means
 something next to random_init (what the architecture and probe get for free) and physics (what classical
-hand-crafted SAR statistics get). report.json adds per-class recall, confusions, bias, R² and n.
+hand-crafted SAR statistics get). Where the regression set has a `wind_dir` column
+(degrees relative to the radar look, as synthetic.py writes), the wind direction is a circular target: probes on
+(cos, sin), mean absolute angular error in [0, 180] (chance 90); SAR sees the wind axis better than its sense
+(the 180° ambiguity), so report.json adds mae_axis_deg from probes on (cos 2θ, sin 2θ), in [0, 90] (chance 45).
+report.json adds per-class recall, confusions, bias, R² and n.
 
 The probes and the physics features live in probes.py. Here: load_backbone (checkpoint.pt, backbone.pt or
 external weights), extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
@@ -114,12 +119,14 @@ def backbone_from_weights(weights, cfg, source="weights"):
     saved = weights.get("config")
     if isinstance(saved, Mapping) and "model" in saved:
         arch, patch, img = saved["model"]["arch"], saved["model"]["patch_size"], saved["train"]["global_crops_size"]
-        width = saved["model"].get("width", 64)
+        m = saved["model"]
     else:
         arch, patch, grid = cfg["model"]["arch"], cfg["model"]["patch_size"], _stored_grid(weights)
         img = grid * patch if grid else cfg["train"]["global_crops_size"]
-        width = cfg["model"]["width"]
-    backbone = models.build_backbone(arch, patch, img, width=width)
+        m = cfg["model"]
+    options = {"layerscale": m.get("layerscale", 0.0), "registers": m.get("registers", 0)}  # DINOv2 ViT options
+    backbone = models.build_backbone(arch, patch, img, width=m.get("width", 64),
+                                     **(options if arch.startswith("vit") else {}))
     try:
         models.load_backbone_weights(backbone, weights)
     except ValueError as e:
@@ -286,6 +293,28 @@ def _regression(report, feats, ds, rows, masks, e, scatter):
                                               for p in ("linear", "knn")}
             if row in ("pretrained", "physics"):
                 scatter.setdefault(target, {})[row] = (y_test, results[row]["linear"]["pred"].cpu())
+    if "wind_dir" in ds.meta:
+        _wind_direction(report, feats, ds, rows, masks, e)
+
+
+def _wind_direction(report, feats, ds, rows, masks, e):
+    """Wind direction relative to the look (circular; probes.direction_probes), where the meta has it."""
+    t_all = torch.from_numpy(ds.meta["wind_dir"][rows].astype(np.float64))
+    n_test = int((torch.isfinite(t_all) & masks[2]).sum())
+    if min(int((torch.isfinite(t_all) & m).sum()) for m in masks) == 0:
+        return print(f"wind_dir: skipped, no finite labels in some split of {ds.folder}")
+    results, keys, idx = {}, ("mae_deg", "mae_axis_deg"), _bootstrap(n_test, e)
+    for name, X in feats.items():
+        t = t_all.to(X.device)
+        results[name] = res = probes.direction_probes(*[(X[m], t[m]) for m in masks], e["knn_k"],
+                                                      e["knn_temperature"], refit=e["refit"])
+        print(f"{'wind_dir':<15s} {name:<14s} MAE linear {res['linear']['mae_deg']:.1f} deg (axis "
+              f"{res['linear']['mae_axis_deg']:.1f})  kNN {res['knn']['mae_deg']:.1f} deg (axis "
+              f"{res['knn']['mae_axis_deg']:.1f})  n_test={res['linear']['n']}")
+    for row, members in model_groups(feats).items():
+        entries = {p: [results[m][p] for m in members] for p in ("linear", "knn")}
+        report["results"][row]["wind_dir"] = {p: _summary(en, None if idx is None else [
+            {k: en_m["errors"][k][idx].mean(1) for k in keys} for en_m in en], keys) for p, en in entries.items()}
 
 
 def run_evaluation(cfg):
@@ -309,9 +338,11 @@ def run_evaluation(cfg):
     backbone, spec = load_backbone(ckpt, cfg)
     nets = {"pretrained": backbone.to(device)}
     if e["baselines"]:                       # random_init: eval.random_seeds draws of the same architecture
+        options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers}
+                   if isinstance(backbone, models.VisionTransformer) else {"width": getattr(backbone, "width", 64)})
         for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
             nets[f"random_init#{seed}"] = models.build_backbone(
-                *spec, generator=torch.Generator().manual_seed(seed), width=getattr(backbone, "width", 64)).to(device)
+                *spec, generator=torch.Generator().manual_seed(seed), **options).to(device)
     print(f"evaluating {ckpt}: {spec[0]} (patch {spec[1]}, built at {spec[2]} px) on {device}")
     report = {"checkpoint": ckpt, "arch": spec[0],
               "feature_dim": backbone.feature_dim(e["n_last_blocks"], e["avgpool"]),
@@ -352,7 +383,9 @@ COLUMNS = (("linear acc", "classification", "linear", "accuracy", 3),
            ("linear macro-F1", "classification", "linear", "macro_f1", 3),
            ("kNN acc", "classification", "knn", "accuracy", 3),
            ("wind RMSE m/s linear", "wind", "linear", "rmse", 2), ("wind RMSE m/s kNN", "wind", "knn", "rmse", 2),
-           ("Hs RMSE m linear", "hs", "linear", "rmse", 2), ("Hs RMSE m kNN", "hs", "knn", "rmse", 2))
+           ("Hs RMSE m linear", "hs", "linear", "rmse", 2), ("Hs RMSE m kNN", "hs", "knn", "rmse", 2),
+           ("wind dir. MAE ° linear", "wind_dir", "linear", "mae_deg", 1))
+LOWER_IS_BETTER = ("rmse", "mae_deg")
 
 
 def markdown_table(report):
@@ -367,7 +400,7 @@ def markdown_table(report):
         for label, t, p, k, _ in COLUMNS:
             a, b = results["pretrained"].get(t, {}).get(p), results["random_init"].get(t, {}).get(p)
             if a and b and "ci" in a and "ci" in b:
-                better = a[k] < b[k] if k == "rmse" else a[k] > b[k]
+                better = a[k] < b[k] if k in LOWER_IS_BETTER else a[k] > b[k]
                 verdicts.append(f"{label} {'disjoint' if intervals.disjoint(a['ci'][k], b['ci'][k]) else 'overlap'}"
                                 f" ({'pretrained better' if better else 'random_init better'})")
         if verdicts:

@@ -131,20 +131,36 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), each branch drop-pathed."""
+class LayerScale(nn.Module):
+    """Per-channel learnable scale of a residual branch (CaiT, DINOv2): key `gamma`, initialised to init_value."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path_prob: float):
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), each branch drop-pathed.
+
+    With layerscale > 0 each branch is scaled by a LayerScale (`ls1`, `ls2`: the DINOv2 key layout) starting at
+    that value; with 0 there is no scale and no key (the DINO layout)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path_prob: float, layerscale: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
+        self.ls1 = LayerScale(dim, layerscale) if layerscale > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, layerscale) if layerscale > 0 else nn.Identity()
         self.drop_path = DropPath(drop_path_prob)
 
     def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -173,10 +189,16 @@ class VisionTransformer(nn.Module):
     Built for `img_size`; other input sizes work by resampling the position embeddings (bicubic), so
     96 px local crops go through a model built for 256 px. H and W need not be multiples of the patch:
     the patch convolution drops the remainder.
+
+    DINOv2 options, in the DINOv2 key layout: `registers` extra learned tokens (`register_tokens` [1, R, D],
+    inserted after the CLS token, without position embedding, dropped from every output), `layerscale` > 0
+    (`blocks.N.ls1.gamma`, `blocks.N.ls2.gamma`), and `mask_token` ([1, D]: the embedding that replaces
+    masked patches in forward_tokens(x, masks); a training-only parameter of the DINOv2 objective).
+    Token order: [CLS, registers..., patches...].
     """
 
     def __init__(self, img_size=256, patch_size=16, in_chans=1, embed_dim=384, depth=12, num_heads=6,
-                 mlp_ratio=4.0, drop_path=0.0, generator=None):
+                 mlp_ratio=4.0, drop_path=0.0, layerscale=0.0, registers=0, mask_token=False, generator=None):
         super().__init__()
         if img_size < patch_size:
             raise ValueError(f"img_size {img_size} is smaller than patch_size {patch_size}")
@@ -186,9 +208,14 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, embed_dim))
+        self.num_registers, self.layerscale = registers, layerscale
+        if registers:
+            self.register_tokens = nn.Parameter(torch.zeros(1, registers, embed_dim))
+        if mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))      # DINOv2 initialises it to zero
         # Stochastic depth grows linearly with depth: the first block is never dropped.
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r, layerscale) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.reset_parameters(generator)
 
@@ -207,24 +234,40 @@ class VisionTransformer(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.num_registers:  # drawn last, so a model without registers initialises exactly as before
+            _trunc_normal_(self.register_tokens, 1e-6, g)   # DINOv2: registers start near zero
 
-    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] image -> [B, 1+N, D] tokens (CLS first) with position embeddings added."""
+    def prepare_tokens(self, x: torch.Tensor, masks=None) -> torch.Tensor:
+        """[B, C, H, W] image -> [B, 1+R+N, D] tokens (CLS, registers, patches) with position embeddings added.
+
+        masks ([B, N] bool over the row-major patch grid, optional) replaces those patch embeddings by the
+        mask token before the position embedding is added (DINOv2 / iBOT masked image modelling)."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"ViT expects input [B,{self.in_chans},H,W], got {tuple(x.shape)}")
         grid_hw = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         if min(grid_hw) < 1:
             raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than one {self.patch_size} px patch")
         tokens = self.patch_embed(x)
+        if masks is not None:
+            if not hasattr(self, "mask_token"):
+                raise ValueError("masked input needs a ViT built with mask_token=True")
+            tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, tokens], dim=1) + resize_pos_embed(self.pos_embed, grid_hw)
+        x = torch.cat([cls, tokens], dim=1) + resize_pos_embed(self.pos_embed, grid_hw)
+        if self.num_registers:
+            x = torch.cat([x[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+        return x
+
+    def forward_tokens(self, x: torch.Tensor, masks=None) -> torch.Tensor:
+        """[B, 1, H, W] -> final-normed tokens [B, 1+R+N, D]: CLS at 0, patches at 1+R: (see prepare_tokens)."""
+        x = self.prepare_tokens(x, masks)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] -> normalised CLS feature [B, embed_dim]."""
-        x = self.prepare_tokens(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)[:, 0]
+        return self.forward_tokens(x)[:, 0]
 
     def get_features(self, x: torch.Tensor, n_last_blocks: int = 1, avgpool: bool = False) -> torch.Tensor:
         """Linear-probe features: [CLS of each of the last n blocks (final-normed), mean patch token].
@@ -242,7 +285,7 @@ class VisionTransformer(nn.Module):
                 outputs.append(self.norm(x))
         feats = [out[:, 0] for out in outputs]
         if avgpool:
-            feats.append(outputs[-1][:, 1:].mean(dim=1))
+            feats.append(outputs[-1][:, 1 + self.num_registers:].mean(dim=1))
         return torch.cat(feats, dim=-1)
 
     def feature_dim(self, n_last_blocks: int = 1, avgpool: bool = False) -> int:
@@ -251,7 +294,7 @@ class VisionTransformer(nn.Module):
     def flops_per_image(self, img_size) -> int:
         """Forward matmul FLOPs (2 per multiply-add) for one image of img_size (int or (H, W)).
 
-        With N = 1 + (H/p)(W/p) tokens, D = embed_dim, M = mlp hidden size, L = depth:
+        With N = 1 + R + (H/p)(W/p) tokens (R registers), D = embed_dim, M = mlp hidden size, L = depth:
             patch embedding     (N-1) * p^2 * C * D
             per block, linears  N * (3D*D + D*D + 2*D*M)        (qkv, proj, fc1, fc2; = 12*N*D^2 at M=4D)
             per block, attention 2 * N^2 * D                     (Q K^T and attn @ V, summed over heads)
@@ -259,7 +302,7 @@ class VisionTransformer(nn.Module):
         """
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         patches = (h // self.patch_size) * (w // self.patch_size)
-        n, d, p = patches + 1, self.embed_dim, self.patch_size
+        n, d, p = patches + 1 + self.num_registers, self.embed_dim, self.patch_size
         hidden = int(d * self.mlp_ratio)
         patch_macs = patches * p * p * self.in_chans * d
         block_macs = n * (4 * d * d + 2 * d * hidden) + 2 * n * n * d
@@ -267,13 +310,13 @@ class VisionTransformer(nn.Module):
 
 
 def vit(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float = 0.0, in_chans: int = 1,
-        generator=None) -> VisionTransformer:
-    """Build one of the named ViT sizes (see VIT_SIZES)."""
+        generator=None, **options) -> VisionTransformer:
+    """Build one of the named ViT sizes (see VIT_SIZES); options: layerscale, registers, mask_token."""
     if arch not in VIT_SIZES:
         raise ValueError(f"unknown ViT arch {arch!r}; expected one of {sorted(VIT_SIZES)}")
     embed_dim, depth, heads = VIT_SIZES[arch]
     return VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                             depth=depth, num_heads=heads, drop_path=drop_path, generator=generator)
+                             depth=depth, num_heads=heads, drop_path=drop_path, generator=generator, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -435,10 +478,12 @@ def resnet50(in_chans: int = 1, generator=None) -> ResNet:
 
 
 def build_backbone(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float = 0.0,
-                   generator=None, width: int = 64) -> nn.Module:
+                   generator=None, width: int = 64, layerscale: float = 0.0, registers: int = 0,
+                   mask_token: bool = False) -> nn.Module:
     """Build a 1-channel backbone by name (one of ARCHS). Every backbone has `.embed_dim`.
 
-    patch_size, img_size and drop_path only apply to ViTs; the torchvision ResNet50 has no stochastic depth.
+    patch_size, img_size, drop_path and the DINOv2 options (layerscale, registers, mask_token: see
+    VisionTransformer) only apply to ViTs; the torchvision ResNet50 has no stochastic depth.
     """
     if arch in RESNETS:
         return resnet(arch, width=width, generator=generator)
@@ -447,7 +492,8 @@ def build_backbone(arch: str, patch_size: int = 16, img_size: int = 256, drop_pa
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
-        return vit(arch, patch_size=patch_size, img_size=img_size, drop_path=drop_path, generator=generator)
+        return vit(arch, patch_size=patch_size, img_size=img_size, drop_path=drop_path, generator=generator,
+                   layerscale=layerscale, registers=registers, mask_token=mask_token)
     raise ValueError(f"unknown arch {arch!r}; expected one of {list(ARCHS)}")
 
 
@@ -549,7 +595,8 @@ class MultiCropWrapper(nn.Module):
 
 _CONTAINER_KEYS = ("teacher", "state_dict", "model", "backbone")
 _PREFIXES = ("module.", "backbone.", "teacher.", "_orig_mod.")
-_DROPPED_PREFIXES = ("head.", "fc.")
+_DROPPED_PREFIXES = ("head.", "ibot_head.", "fc.")
+_TRAINING_ONLY = ("mask_token",)   # used only by masked-image training: dropped when the model has none
 _FIRST_CONVS = ("patch_embed.proj.weight", "conv1.weight")
 
 
@@ -596,7 +643,8 @@ def load_backbone_weights(model: nn.Module, state_dict) -> None:
     """Load a backbone from a raw state dict or a checkpoint (DINO, torchvision, this project's export).
 
     Unwraps 'teacher' / 'state_dict' / 'model' / 'backbone' containers, strips `module.`, `backbone.`,
-    `teacher.` and `_orig_mod.` prefixes, drops DINO head (`head.*`) and classifier (`fc.*`) keys, sums a
+    `teacher.` and `_orig_mod.` prefixes, drops DINO / iBOT head (`head.*`, `ibot_head.*`) and classifier (`fc.*`)
+    keys and a `mask_token` the model does not have (DINOv2 layout; training-only), sums a
     3-channel first conv into 1 channel, resamples `pos_embed` to the model's grid, and loads strictly.
     BatchNorm `num_batches_tracked` counters absent from older checkpoints are set to 0.
     Any missing, unexpected or wrongly shaped key raises ValueError listing them; nothing is loaded then.
@@ -608,6 +656,9 @@ def load_backbone_weights(model: nn.Module, state_dict) -> None:
         if not key.startswith(_DROPPED_PREFIXES):
             cleaned[key] = value
     expected = model.state_dict()
+    for key in _TRAINING_ONLY:
+        if key not in expected:
+            cleaned.pop(key, None)
     for key in expected:
         if key.endswith("num_batches_tracked") and key not in cleaned:
             cleaned[key] = torch.zeros_like(expected[key])

@@ -22,13 +22,15 @@ train.verify (--verify) hashes every shard before training; each shard is hashed
 
 checkpoint.pt (torch.load(path, weights_only=True) reads it) holds: student, teacher (MultiCropWrapper state
 dicts, so model.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
-(the centre), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
+(the centre; dinov2: center and ibot_center), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
 (torch, numpy, python, cuda states), config (plain data), indices (the epoch's subset, int64) and pruner_state.
 
 The recipe (see README, "The method"): multi-crop DINO with a centred, sharpened EMA teacher; per-iteration schedules
 (lr with linear warm-up, scaled by global_batch/256, cosine to min_lr; weight decay cosine; teacher momentum
 cosine to 1; teacher temperature linear warm-up) computed once over the whole run. One epoch is
 ceil(ceil(prune.rho * N) / global_batch) iterations for every epoch and every pruning mode.
+train.objective=dinov2 (OceanSAR-2, ViT only) adds block-masked student globals, the iBOT patch loss and KoLeo
+(dinov2.py; README "2b"); its masks come from a (seed, epoch, iteration, rank) generator like the augmentations.
 
 Data path: `epoch_indices` gives the epoch's subset of the archive (uniform random for prune.mode=none and in
 warm-up; prune.py curates it otherwise, keeping its state in the checkpoint's `pruner_state`). The subset is
@@ -58,6 +60,7 @@ from tqdm import tqdm
 
 import collapse
 import config
+import dinov2
 import model as models
 import prune
 from augment import SARAugment
@@ -65,7 +68,7 @@ from shards import ShardDataset, near_constant_warning
 
 EXIT_NON_FINITE = 3
 # Independent random streams derived from the run seed (numpy SeedSequence keys).
-STREAM_SUBSET, STREAM_ORDER, STREAM_AUG, STREAM_DROP_PATH = 1, 2, 3, 4
+STREAM_SUBSET, STREAM_ORDER, STREAM_AUG, STREAM_DROP_PATH, STREAM_MASK = 1, 2, 3, 4, 5
 
 
 class PretrainError(config.UserError, RuntimeError):
@@ -139,7 +142,9 @@ def build_schedules(t, ipe, global_batch):
     warm = min(t["warmup_teacher_temp_epochs"] * ipe, total)
     temp = np.full(total, t["teacher_temp"])
     temp[:warm] = np.linspace(t["warmup_teacher_temp"], t["teacher_temp"], warm)
-    return {"lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp}
+    ibot_temp = np.full(total, t["ibot_teacher_temp"])  # dinov2's patch-token teacher, same warm-up length
+    ibot_temp[:warm] = np.linspace(t["ibot_warmup_teacher_temp"], t["ibot_teacher_temp"], warm)
+    return {"lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp, "ibot_teacher_temp": ibot_temp}
 
 
 # ---------------------------------------------------------------------------------------------- DINO loss
@@ -256,16 +261,24 @@ class Prefetcher:
 
 # ---------------------------------------------------------------------------------------------- model and optimiser
 def build_student_teacher(cfg, device):
-    """Student (with drop-path) and teacher (without) MultiCropWrappers with identical initial weights."""
+    """Student (with drop-path) and teacher (without) MultiCropWrappers (DINOv2Wrappers for objective dinov2)
+    with identical initial weights."""
     m, t = cfg["model"], cfg["train"]
     gen = lambda: torch.Generator().manual_seed(t["seed"])  # noqa: E731
+    v2 = t["objective"] == "dinov2"
+    vit_options = {"layerscale": m["layerscale"], "registers": m["registers"], "mask_token": v2}
+    make_head = lambda dim: models.DINOHead(dim, m["out_dim"], m["head_hidden_dim"], m["head_bottleneck_dim"],  # noqa: E731
+                                            norm_last_layer=m["norm_last_layer"], generator=gen())
     nets = []
-    for drop in (m["drop_path"], 0.0):
+    for is_student, drop in ((True, m["drop_path"]), (False, 0.0)):
         backbone = models.build_backbone(m["arch"], m["patch_size"], t["global_crops_size"], drop, generator=gen(),
-                                         width=m["width"])
-        head = models.DINOHead(backbone.embed_dim, m["out_dim"], m["head_hidden_dim"], m["head_bottleneck_dim"],
-                               norm_last_layer=m["norm_last_layer"], generator=gen())
-        nets.append(models.MultiCropWrapper(backbone, head).to(device))
+                                         width=m["width"], **(vit_options if m["arch"].startswith("vit") else {}))
+        head = make_head(backbone.embed_dim)
+        if v2:
+            ibot_head = make_head(backbone.embed_dim) if t["ibot_separate_head"] else None
+            nets.append(dinov2.DINOv2Wrapper(backbone, head, ibot_head, mask_input=is_student).to(device))
+        else:
+            nets.append(models.MultiCropWrapper(backbone, head).to(device))
     student, teacher = nets
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
@@ -448,8 +461,15 @@ class Trainer:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.optimizer = torch.optim.AdamW(param_groups(self.student))
-        self.dino_loss = DINOLoss(cfg["model"]["out_dim"], 2 + t["local_crops_number"], t["student_temp"],
-                                  t["center_momentum"]).to(self.device)
+        self.v2, n_crops = t["objective"] == "dinov2", 2 + t["local_crops_number"]
+        if self.v2:  # kept under the checkpoint key dino_loss: its centres are the loss state either way
+            self.dino_loss = dinov2.DINOv2Loss(cfg["model"]["out_dim"], n_crops, t["student_temp"],
+                                               t["ibot_student_temp"], t["center_momentum"], t["centering"],
+                                               t["ibot_weight"], t["koleo_weight"]).to(self.device)
+        else:
+            self.dino_loss = DINOLoss(cfg["model"]["out_dim"], n_crops, t["student_temp"],
+                                      t["center_momentum"]).to(self.device)
+        self.loss_terms = {}
         self.augment = SARAugment(cfg, self.dataset.std)
 
         self.iteration, self.indices, self.pruner_state = 0, None, {}
@@ -470,7 +490,7 @@ class Trainer:
             self.student_fwd, self.teacher_fwd = torch.compile(self.student_fwd), torch.compile(self.teacher)
         self.trainable = [p for p in self.student.parameters() if p.requires_grad]
         self.s_params, self.t_params = list(self.student.parameters()), list(self.teacher.parameters())
-        self.last_layer = list(self.student.head.last_layer.parameters())
+        self.last_layer = [p for n, p in self.student.named_parameters() if "last_layer" in n.split(".")]
 
         self.peak = measure_peak_flops(self.device)
         self.flops_img = train_flops_per_image(self.student.backbone, self.student.head, t)
@@ -519,9 +539,17 @@ class Trainer:
             os.link(self.ckpt_path, snap)  # the rolling file is replaced by rename, so the link keeps this version
 
     # ---- one iteration
+    def masks(self, epoch, it, n):
+        """dinov2: [n, patches] block masks of the global crops from a (seed, epoch, iteration, rank) generator."""
+        t, grid = self.t, self.t["global_crops_size"] // self.cfg["model"]["patch_size"]
+        rng = np.random.default_rng(stream_seed(t["seed"], epoch, it, self.rank, STREAM_MASK))
+        masks = dinov2.sample_masks(n, (grid, grid), t["mask_probability"], t["mask_ratio"], rng)
+        return masks.to(self.device)
+
     def step(self, x, epoch):
-        """One DINO update on this rank's raw batch x; returns the loss and the collapse diagnostics (teacher
-        entropy, batch-mean entropy, feature spread of the teacher's backbone), averaged over ranks."""
+        """One DINO (or DINOv2) update on this rank's raw batch x; returns the loss and the collapse diagnostics
+        (teacher entropy, batch-mean entropy, feature spread of the teacher's backbone), averaged over ranks. The
+        loss is the DINO class-token term under both objectives; dinov2's terms go to self.loss_terms."""
         it, t = self.iteration, self.t
         gen = torch.Generator(self.device).manual_seed(stream_seed(t["seed"], epoch, it, self.rank, STREAM_AUG))
         crops = self.augment(x, gen)
@@ -530,13 +558,20 @@ class Trainer:
             group["lr"] = float(self.sched["lr"][it])
             if group["decay"]:
                 group["weight_decay"] = float(self.sched["wd"][it])
+        masks = (self.masks(epoch, it, 2 * len(x)),) if self.v2 else ()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             with torch.no_grad():
-                t_out, t_feats = self.teacher_fwd(crops[:2], return_backbone_features=True)
-            s_out = self.student_fwd(crops)
-        loss, entropies = self.dino_loss(s_out, t_out, float(self.sched["teacher_temp"][it]))  # fp32, outside autocast
-        stats = torch.cat([loss.detach()[None], entropies, collapse.feature_spread(t_feats)[None]])
-        loss_value, entropy, batch_entropy, feature_std = all_reduce_mean(stats.float()).tolist()
+                t_out, t_feats = self.teacher_fwd(crops[:2], *masks, return_backbone_features=True)
+            s_out = self.student_fwd(crops, *masks)
+        temp = float(self.sched["teacher_temp"][it])  # the losses run in fp32, outside autocast
+        if self.v2:
+            loss, entropies, terms = self.dino_loss(s_out, t_out, *masks, temp, float(self.sched["ibot_teacher_temp"][it]))
+        else:
+            (loss, entropies), terms = self.dino_loss(s_out, t_out, temp), {}
+        stats = torch.cat([loss.detach()[None], entropies, collapse.feature_spread(t_feats)[None],
+                           *[v[None] for v in terms.values()]])
+        loss_value, entropy, batch_entropy, feature_std, *values = all_reduce_mean(stats.float()).tolist()
+        self.loss_terms = dict(zip(terms, values), **({"loss_total": loss_value} if self.v2 else {}))
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(self.non_finite_message(x, loss_value, epoch))
         self.optimizer.zero_grad(set_to_none=True)
@@ -549,8 +584,9 @@ class Trainer:
         ema_update(self.t_params, self.s_params, float(self.sched["momentum"][it]))
         self.iteration += 1
         # KL(q || p) averaged over the view pairs = cross-entropy - H(q): every teacher view meets as many students
-        return loss_value, {"teacher_entropy": entropy, "batch_entropy": batch_entropy,
-                            "kl_teacher_student": loss_value - entropy, "feature_std": feature_std}
+        dino_value = self.loss_terms.get("loss_dino", loss_value)
+        return dino_value, {"teacher_entropy": entropy, "batch_entropy": batch_entropy,
+                            "kl_teacher_student": dino_value - entropy, "feature_std": feature_std}
 
     def non_finite_message(self, x, loss_value, epoch):
         """What caused a NaN/inf loss (the data or the optimisation) and what is on disk to resume from."""
@@ -574,7 +610,7 @@ class Trainer:
                 "lr": float(self.sched["lr"][it]), "wd": float(self.sched["wd"][it]),
                 "momentum": float(self.sched["momentum"][it]), "teacher_temp": float(self.sched["teacher_temp"][it]),
                 "student_temp": self.t["student_temp"], "images_per_s": images_per_s,
-                "mfu": images_per_s / self.world * self.flops_img / self.peak}
+                "mfu": images_per_s / self.world * self.flops_img / self.peak, **self.loss_terms}
 
     def check_collapse(self, record, warned):
         """Name a collapse in the record (after the first epoch: a fresh network starts flat) and say it once

@@ -380,6 +380,36 @@ def regression_probes(train, val, test, k=20, temperature=0.07, standardise_knn=
     return {"linear": linear, "knn": {**regression_metrics(y, knn_pred), "pred": knn_pred}}
 
 
+def angular_error(true_deg, pred_deg, period=360.0):
+    """Absolute difference of angles on a circle of `period` degrees, in [0, period / 2]."""
+    d = torch.remainder(torch.as_tensor(pred_deg).double() - torch.as_tensor(true_deg).double(), period)
+    return torch.minimum(d, period - d)
+
+
+def direction_probes(train, val, test, k=20, temperature=0.07, **ridge_kw):
+    """Ridge and kNN for a circular target in degrees (e.g. wind direction relative to the look).
+
+    Two fits of each probe: on (cos t, sin t), scored by the mean absolute angular error in [0, 180]
+    ("mae_deg"; chance 90), and on (cos 2t, sin 2t), the axis with the 180 deg ambiguity folded out, scored
+    in [0, 90] ("mae_axis_deg"; chance 45). The prediction is the atan2 of the predicted vector.
+    Returns {"linear", "knn"} -> {mae_deg, mae_axis_deg, n, errors: {mae_deg, mae_axis_deg: the per-image
+    errors of the test images with a finite angle, for intervals}}."""
+    (Xtr, ttr), (Xva, tva), (Xte, tte) = train, val, test
+    tte = torch.as_tensor(tte).double()
+    keep = torch.isfinite(tte)
+    result = {p: {"n": int(keep.sum()), "errors": {}} for p in ("linear", "knn")}
+    for harmonic, key, period in ((1, "mae_deg", 360.0), (2, "mae_axis_deg", 180.0)):
+        vec = lambda t: torch.stack([torch.cos(torch.deg2rad(torch.as_tensor(t).double() * harmonic)),  # noqa: E731
+                                     torch.sin(torch.deg2rad(torch.as_tensor(t).double() * harmonic))], 1)
+        probe = fit_ridge(Xtr, vec(ttr), Xva, vec(tva), **ridge_kw)
+        preds = {"linear": probe.predict(Xte), "knn": knn_regress(Xtr, vec(ttr), Xte, k, temperature)}
+        for name, p in preds.items():
+            angle = torch.rad2deg(torch.atan2(p[:, 1].double(), p[:, 0].double())).cpu() / harmonic
+            errors = angular_error(tte[keep], angle[keep], period)
+            result[name][key], result[name]["errors"][key] = errors.mean().item(), errors
+    return result
+
+
 # ------------------------------------------------------------------------------------------- physics baseline
 
 def _per_image(value, n, name, device):

@@ -18,7 +18,8 @@ Commands:
     python study.py configs/study.yaml study.scale=gpu                        # larger archive and ViT-S/16, one GPU
 Each stage runs as the subprocess a user would type (no torchrun needed).
 
-Variants (study.variants: names, or name -> {prune.key: value}; a variant may set only prune.* keys, so every
+Variants (study.variants: names, or name -> {prune.key: value}; a variant may set only prune.* keys (and
+train.objective: "study.variants={dynamic: null, dynamic_v2: {prune.mode: dynamic, train.objective: dinov2}}"), so every
 variant runs the same iterations of the same batch on the same model; the curation it adds is timed, not hidden):
     none      a fresh uniform random subset of rho*N images every epoch (the reference)
     static    clustered once after the warm-up, that subset kept to the end
@@ -66,6 +67,9 @@ VARIANTS = {
     "eta-1": {"prune.mode": "dynamic", "prune.eta": -1.0},
     "eta1": {"prune.mode": "dynamic", "prune.eta": 1.0},
 }
+# Keys outside prune.* a variant may set: the objective (OceanSAR-1 dino vs OceanSAR-2 dinov2) keeps the iterations,
+# batch and backbone; dinov2's extra cost per step (masked patch tokens through the head) is in its images/s.
+COMPARABLE_KEYS = ("train.objective",)
 # Epoch-counted settings rescaled with the epoch count when a variant changes prune.rho.
 EPOCH_KEYS = ("train.warmup_epochs", "train.warmup_teacher_temp_epochs", "prune.warmup_epochs", "prune.every",
               "train.freeze_last_layer")
@@ -131,9 +135,10 @@ def variant_overrides(name, given, cfg):
                                      f"{', '.join(VARIANTS)} (or define it as {name}: {{prune.key: value}})")
         given = VARIANTS[name]
     for k in given:
-        if not k.startswith("prune."):
+        if not k.startswith("prune.") and k not in COMPARABLE_KEYS:
             raise config.ConfigError(f"config key '{key}': '{k}' would change the compute budget; a variant may "
-                                     f"only set prune.* keys (the epochs follow prune.rho)")
+                                     f"only set prune.* keys and {', '.join(COMPARABLE_KEYS)} (the epochs follow "
+                                     f"prune.rho)")
     trial = config.apply(cfg, given, f"config key '{key}'")
     over = dict(given)
     rho, base_rho = trial["prune"]["rho"], cfg["prune"]["rho"]
