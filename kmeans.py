@@ -8,10 +8,14 @@
 - `kmeans(x, k, ...)`: Lloyd iterations, exact (the same fixed points as plain Lloyd) but accelerated with
   Yinyang bounds (Ding et al. 2015): centroids are put in groups of ~GROUP_SIZE; each point keeps an upper
   bound on the distance to its centroid and one lower bound per group, moved by the centroid drifts after each
-  update, and only the groups a point's bounds cannot exclude are searched. Distances are matrix products
+  update, and only the groups a point's bounds cannot exclude are searched. Where the bounds do not pay (no
+  cluster structure: after PROBE_ITERS bounded steps that each did more than PLAIN_ABOVE of a plain step's
+  distance work) the remaining steps are plain blocked Lloyd, one distance product + argmin per chunk; either
+  way `work` records each step's share. Distances are matrix products
   (||c||^2 - 2 x.c, fp32) in row chunks bounded by `mem_bytes`; per-cluster sums are accumulated in float64
   and updated only for points that changed cluster. Init "kmeans++" (greedy k-means++ on a seeded random
-  candidate subset, `init_candidates`) or "random". A cluster left empty is re-seeded with the point farthest
+  subsample of max(INIT_MIN_CANDIDATES, init_sample_factor x k) points, or `init_candidates` of them) or
+  "random". A cluster left empty is re-seeded with the point farthest
   from its centroid (ties broken by the generator). Metric "cosine" (points and centroids L2-normalised:
   spherical k-means, nearest = max dot) or "l2". Inertia = sum of squared Euclidean distances (for cosine:
   between unit vectors, 2 - 2 cos), float64.
@@ -463,7 +467,7 @@ def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator, n_iter: int =
     """Lloyd's k-means of the rows of x [n, d] (this rank's rows when distributed; see the module manual).
     n_iter: centroid updates (then one last assignment, so the labels match the centroids; stops early when no
     point moves); init_centroids [k, d] overrides `init`; init_candidates: k-means++ candidate count (default
-    max(16384, 32 k)); mem_bytes: bound of a distance chunk; distributed: None = when initialised."""
+    max(INIT_MIN_CANDIDATES, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound of a distance chunk; distributed: None = when initialised."""
     check_features(x, "kmeans input", distributed)
     return _kmeans(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
                    init_centroids=init_centroids, init_candidates=init_candidates,
