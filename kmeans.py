@@ -467,7 +467,8 @@ def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator, n_iter: int =
     """Lloyd's k-means of the rows of x [n, d] (this rank's rows when distributed; see the module manual).
     n_iter: centroid updates (then one last assignment, so the labels match the centroids; stops early when no
     point moves); init_centroids [k, d] overrides `init`; init_candidates: k-means++ candidate count (default
-    max(INIT_MIN_CANDIDATES, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound of a distance chunk; distributed: None = when initialised."""
+    max(INIT_MIN_CANDIDATES, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound of
+    a distance chunk; distributed: None = when initialised."""
     check_features(x, "kmeans input", distributed)
     return _kmeans(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
                    init_centroids=init_centroids, init_candidates=init_candidates,
