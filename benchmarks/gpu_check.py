@@ -226,8 +226,9 @@ def main_check(args):
     else:
         notes.append("curation: failed, see curation.log")
     demo = train_spec("demo", False, archives, work, args)["out"]
-    evaluate = [sys.executable, "evaluate.py", os.path.join(demo, "config.yaml"), f"eval.checkpoint={demo}/checkpoint.pt",
-                f"eval.classification={archives['eval']}", "eval.regression=null", f"eval.out={work}/eval"]
+    evaluate = [sys.executable, "evaluate.py", os.path.join(demo, "config.yaml"),
+                f"eval.checkpoint={demo}/checkpoint.pt", f"eval.classification={archives['eval']}",
+                "eval.regression=null", f"eval.out={work}/eval"]
     ok, took, tail = run_step("evaluate", evaluate, args.timeout, work)
     notes.append(f"evaluation (demo checkpoint, {SIZES['eval_set'][args.dry_run]} labelled images): "
                  f"{'ok' if ok else 'failed, see evaluate.log'} in {took:.0f} s")
