@@ -253,6 +253,8 @@ SCHEMA = {
         "iters": _k(20, int, "Lloyd iterations per k-means", lo=1),
         "metric": _k("cosine", str, "k-means distance", choices=["cosine", "l2"]),
         "init": _k("kmeans++", str, "k-means init", choices=["kmeans++", "random"]),
+        "init_sample_factor": _k(4, int, "k-means++ runs on a random subsample of max(4096, factor x k) points",
+                                 lo=1),
         "batch_size": _k(256, int, "images per forward pass when embedding the pool", lo=1),
         "memory_mb": _k(512, int, "memory budget of one distance chunk", lo=1),
         "checkpoint": _k(None, str, "curation CLI: checkpoint or backbone.pt whose features are clustered", optional=True),

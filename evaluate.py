@@ -57,10 +57,15 @@ and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", .
 every train.eval_every epochs.
 """
 
+import os
+
+# Before torch loads OpenMP: threads that spin while idle slow a small shared CPU several-fold. A wait
+# policy the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping

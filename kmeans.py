@@ -8,10 +8,14 @@
 - `kmeans(x, k, ...)`: Lloyd iterations, exact (the same fixed points as plain Lloyd) but accelerated with
   Yinyang bounds (Ding et al. 2015): centroids are put in groups of ~GROUP_SIZE; each point keeps an upper
   bound on the distance to its centroid and one lower bound per group, moved by the centroid drifts after each
-  update, and only the groups a point's bounds cannot exclude are searched. Distances are matrix products
+  update, and only the groups a point's bounds cannot exclude are searched. Where the bounds do not pay (no
+  cluster structure: after PROBE_ITERS bounded steps that each did more than PLAIN_ABOVE of a plain step's
+  distance work) the remaining steps are plain blocked Lloyd, one distance product + argmin per chunk; either
+  way `work` records each step's share. Distances are matrix products
   (||c||^2 - 2 x.c, fp32) in row chunks bounded by `mem_bytes`; per-cluster sums are accumulated in float64
   and updated only for points that changed cluster. Init "kmeans++" (greedy k-means++ on a seeded random
-  candidate subset, `init_candidates`) or "random". A cluster left empty is re-seeded with the point farthest
+  subsample of max(INIT_MIN_CANDIDATES, init_sample_factor x k) points, or `init_candidates` of them) or
+  "random". A cluster left empty is re-seeded with the point farthest
   from its centroid (ties broken by the generator). Metric "cosine" (points and centroids L2-normalised:
   spherical k-means, nearest = max dot) or "l2". Inertia = sum of squared Euclidean distances (for cosine:
   between unit vectors, 2 - 2 cos), float64.
@@ -43,7 +47,10 @@ import torch.nn.functional as F
 
 METRICS = ("cosine", "l2")
 DEFAULT_MEM_BYTES = 512 * 2**20
-INIT_CANDIDATES = (16384, 32)  # k-means++ runs on max(16384, 32 k) random points at most (its cost is k x that)
+# k-means++ runs on a random subsample of max(INIT_MIN_CANDIDATES, factor * k) points: its cost is k x that,
+# memory-bound, so the factor sets the init's price (the floor keeps small k from missing small modes, cheaply)
+INIT_SAMPLE_FACTOR = 4
+INIT_MIN_CANDIDATES = 4096
 
 
 # ----------------------------------------------------------------------------- randomness and collectives
@@ -157,6 +164,8 @@ def _per_level(value, n_levels: int, name: str) -> list:
 CHUNK_BYTES = 16 * 2**20
 GROUP_SIZE = 30           # Yinyang: centroids per group of lower bounds (10 to 40 measured alike within noise)
 FULL_PASS_DENSITY = 0.25  # above this fraction of (point, group) pairs to search, one full product is cheaper
+PROBE_ITERS = 2           # bounded steps measured before deciding whether the bounds pay
+PLAIN_ABOVE = 0.4         # a bounded step costs ~2x a plain one per unit of work: above this fraction it loses
 
 
 def _chunk_rows(width: int, mem_bytes: int, target: int = CHUNK_BYTES) -> int:
@@ -286,6 +295,7 @@ class KMeansResult:
     distances: torch.Tensor    # [n_local] float32, Euclidean distance to the assigned centroid
     inertia: float             # sum over all ranks of squared distances, float64
     history: list              # inertia after each assignment step (non-increasing)
+    work: list                 # per assignment step, distance work done as a fraction of a plain Lloyd step
 
 
 def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -299,8 +309,9 @@ def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
 
     chosen = [int(torch.randint(m, (1,), generator=generator))]
     best = sq_dist(p[chosen])[0]
-    for _ in range(1, k):
-        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(p.device)
+    uniforms = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(p.device)  # drawn at once: one op
+    for step in range(1, k):
+        u = uniforms[step]
         total = best.sum()
         if total > 0:
             trial = torch.searchsorted(best.cumsum(0), u * total, right=True).clamp_max_(m - 1)
@@ -313,12 +324,14 @@ def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
     return p[torch.tensor(chosen, device=p.device)].clone()
 
 
-def _init_centroids(x, k, init, generator, lay, candidates):
+def _init_centroids(x, k, init, generator, lay, candidates, factor):
     if init == "random":
         return _rows_by_global_index(x, lay, torch.randperm(lay.n_total, generator=generator)[:k])
     if init != "kmeans++":
         raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
-    m = min(lay.n_total, candidates or max(INIT_CANDIDATES[0], INIT_CANDIDATES[1] * k))
+    if factor is not None and factor < 1:
+        raise ValueError(f"init_sample_factor must be >= 1, got {factor}")
+    m = min(lay.n_total, candidates or max(INIT_MIN_CANDIDATES, (factor or INIT_SAMPLE_FACTOR) * k))
     idx = torch.randperm(lay.n_total, generator=generator)[:m]
     return _kmeanspp(_rows_by_global_index(x, lay, idx), k, generator)
 
@@ -369,7 +382,27 @@ def _reseed_empty(x, c, label, empty, generator, lay, rows):
     return c, far
 
 
+def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, rows_k, rows_d):
+    """One Yinyang assignment step. Updates upper/lower in place; returns (searched rows, their new labels,
+    the work done in units of full rows: a group pass costs its (point, group) pairs / number of groups)."""
+    bound = lower.min(dim=1).values
+    active = (upper > bound).nonzero().squeeze(1)
+    upper[active] = _distance_to_own(x, active, c, label, rows_d)  # tighten: one row, not k
+    active = active[upper[active] > bound[active]]
+    need = lower[active] < upper[active, None]
+    pairs = int(need.sum())
+    if len(active) and pairs > FULL_PASS_DENSITY * need.numel():
+        new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, lengths, rows_k)
+        return active, new, len(active)
+    new, upper[active] = _group_pass(x, xsq, active, need, label[active], upper[active], lower, c, csq, starts,
+                                     group, rows_d)
+    return active, new, pairs / len(lengths)
+
+
 def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes):
+    """Lloyd iterations, bounded (Yinyang) while the bounds pay, plain blocked Lloyd once they do not: after
+    PROBE_ITERS bounded steps that searched more than PLAIN_ABOVE of the full work, the remaining steps are one
+    distance product + argmin per chunk (the decision uses all-reduced counts, so every rank takes it)."""
     n, k, d = x.shape[0], c.shape[0], x.shape[1]
     rows_k, rows_d = _chunk_rows(k, mem_bytes), _chunk_rows(d, mem_bytes, CHUNK_BYTES // 4)
     perm, lengths = _group_centroids(c, generator)
@@ -377,67 +410,75 @@ def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes):
     group = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)
     xsq = (x * x).sum(1)
     total_sq = float(_all_reduce_(xsq.double().sum().reshape(1), lay.on))
-    history = []
+    history, work, bounded = [], [], True
     for it in range(n_iter + 1):
         csq = (c * c).sum(1)
         if it == 0:
             label, upper, lower = _full_pass(x, xsq, None, c, csq, lengths, rows_k)
-            local_sums, local_counts, moved = _full_sums(x, label, k, rows_d), torch.bincount(label, minlength=k), n
+            local_sums, local_counts = _full_sums(x, label, k, rows_d), torch.bincount(label, minlength=k)
+            moved = done = n
         else:
-            bound = lower.min(dim=1).values
-            active = (upper > bound).nonzero().squeeze(1)
-            upper[active] = _distance_to_own(x, active, c, label, rows_d)  # tighten: one row, not k
-            active = active[upper[active] > bound[active]]
-            need = lower[active] < upper[active, None]
-            old = label[active]
-            if len(active) and int(need.sum()) > FULL_PASS_DENSITY * need.numel():
-                new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, lengths, rows_k)
+            if bounded:
+                active, new, done = _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group,
+                                                  rows_k, rows_d)
             else:
-                new, upper[active] = _group_pass(x, xsq, active, need, old, upper[active], lower, c, csq, starts,
-                                                 group, rows_d)
-            label[active] = new
-            changed = new != old  # only points that changed cluster change the sums
-            idx, src, dst = active[changed], old[changed], new[changed]
-            _accumulate_(local_sums, x, idx, dst, rows_d, 1.0)
-            _accumulate_(local_sums, x, idx, src, rows_d, -1.0)
-            local_counts += torch.bincount(dst, minlength=k) - torch.bincount(src, minlength=k)
-            moved = len(idx)
+                active, new, done = torch.arange(n, device=x.device), _nearest(x, c, rows_k), n
+            moved = _move_(local_sums, local_counts, x, label, active, new, rows_d)
         sums = _all_reduce_(local_sums.clone(), lay.on)
         counts = _all_reduce_(local_counts.clone(), lay.on)
-        moved = int(_all_reduce_(torch.tensor([moved], device=x.device), lay.on))
+        moved, done = _all_reduce_(torch.tensor([moved, done], dtype=torch.float64, device=x.device), lay.on).tolist()
+        work.append(done / lay.n_total)
         # sum_i ||x_i - c_a(i)||^2 = sum ||x||^2 - 2 sum_j c_j.S_j + sum_j n_j ||c_j||^2, exact from the sums
         cross, own = float((c.double() * sums).sum()), float((counts * csq.double()).sum())
         history.append(max(0.0, total_sq - 2 * cross + own))
         if it == n_iter or (it > 0 and moved == 0):
             break
+        if it == PROBE_ITERS and min(work[1:]) > PLAIN_ABOVE:
+            bounded = False  # the bounds cost more than they save: plain Lloyd from here on
         new_c = _update_centroids(sums, counts, c, metric)
         empty = (counts == 0).nonzero().squeeze(1)
         reseed = len(empty) > 0 and lay.n_total > k
         if reseed:  # the exact distances it computes are the new upper bounds
             new_c, exact = _reseed_empty(x, new_c, label, empty, generator, lay, rows_d)
-        drift = (new_c - c).norm(dim=1)
-        upper = exact if reseed else upper.add_(drift[label])
-        lower -= torch.segment_reduce(drift, "max", lengths=lengths)[None]
+        if bounded:
+            drift = (new_c - c).norm(dim=1)
+            upper = exact if reseed else upper.add_(drift[label])
+            lower -= torch.segment_reduce(drift, "max", lengths=lengths)[None]
         c = new_c
     inverse = torch.argsort(perm)
-    return c[inverse], perm[label], history, int((counts == 0).sum())
+    return c[inverse], perm[label], history, work, int((counts == 0).sum())
+
+
+def _move_(sums, counts, x, label, active, new, rows):
+    """Relabel the points `active` to `new`; only points that changed cluster change the sums and counts."""
+    old = label[active]
+    label[active] = new
+    changed = new != old
+    idx, src, dst = active[changed], old[changed], new[changed]
+    _accumulate_(sums, x, idx, dst, rows, 1.0)
+    _accumulate_(sums, x, idx, src, rows, -1.0)
+    counts += torch.bincount(dst, minlength=len(counts)) - torch.bincount(src, minlength=len(counts))
+    return len(idx)
 
 
 def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator, n_iter: int = 20, metric: str = "cosine",
-           init: str = "kmeans++", init_centroids=None, init_candidates=None,
+           init: str = "kmeans++", init_centroids=None, init_candidates=None, init_sample_factor=None,
            mem_bytes: int = DEFAULT_MEM_BYTES, distributed=None) -> KMeansResult:
     """Lloyd's k-means of the rows of x [n, d] (this rank's rows when distributed; see the module manual).
     n_iter: centroid updates (then one last assignment, so the labels match the centroids; stops early when no
     point moves); init_centroids [k, d] overrides `init`; init_candidates: k-means++ candidate count (default
-    max(16384, 32 k)); mem_bytes: bound of a distance chunk; distributed: None = when initialised."""
+    max(INIT_MIN_CANDIDATES, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound of
+    a distance chunk; distributed: None = when initialised."""
     check_features(x, "kmeans input", distributed)
     return _kmeans(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
-                   init_centroids=init_centroids, init_candidates=init_candidates, mem_bytes=mem_bytes,
+                   init_centroids=init_centroids, init_candidates=init_candidates,
+                   init_sample_factor=init_sample_factor, mem_bytes=mem_bytes,
                    distributed=distributed)
 
 
 def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", init_centroids=None,
-            init_candidates=None, mem_bytes=DEFAULT_MEM_BYTES, distributed=None) -> KMeansResult:
+            init_candidates=None, init_sample_factor=None, mem_bytes=DEFAULT_MEM_BYTES,
+            distributed=None) -> KMeansResult:
     """kmeans() on already prepared (float32, normalised for cosine) points."""
     if k < 1 or n_iter < 0:
         raise ValueError(f"kmeans: need k >= 1 and n_iter >= 0, got k={k}, n_iter={n_iter}")
@@ -452,13 +493,13 @@ def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", ini
         if c.shape != (k, x.shape[1]):
             raise ValueError(f"kmeans: init_centroids has shape {tuple(c.shape)}, expected {(k, x.shape[1])}")
     else:
-        c = _init_centroids(x, k, init, generator, lay, init_candidates)
-    c, label, history, n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes)
+        c = _init_centroids(x, k, init, generator, lay, init_candidates, init_sample_factor)
+    c, label, history, work, n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes)
     if n_empty:
         warnings.warn(f"kmeans: {n_empty} of {k} clusters stayed empty (duplicate points?)")
     d = _distance_to_own(x, None, c, label, _chunk_rows(x.shape[1], mem_bytes))
     inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
-    return KMeansResult(c, label, d, inertia, history)
+    return KMeansResult(c, label, d, inertia, history, work)
 
 
 # ----------------------------------------------------------------------------- segment helpers
@@ -504,19 +545,21 @@ def _kmeans_resampled(x, k, steps, size, rule, lay, **kw) -> KMeansResult:
         sub = _kmeans(x[owned_rows(union.to(x.device), lay, len(x))], k, distributed=lay.on, **kw)
         label, d = assign_prepared(x, sub.centroids, kw["mem_bytes"])  # every point to the new centroids
         inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
-        res = KMeansResult(sub.centroids, label, d, inertia, sub.history)
+        res = KMeansResult(sub.centroids, label, d, inertia, sub.history, sub.work)
     return res
 
 
 def fit_hierarchy(x: torch.Tensor, levels, *, generator: torch.Generator, n_iter: int = 20, resample_steps=1,
                   sample_size=None, sample_rule: str = "closest", metric: str = "cosine", init: str = "kmeans++",
-                  init_candidates=None, mem_bytes: int = DEFAULT_MEM_BYTES, distributed=None) -> Hierarchy:
+                  init_candidates=None, init_sample_factor=None, mem_bytes: int = DEFAULT_MEM_BYTES,
+                  distributed=None) -> Hierarchy:
     """Hierarchical k-means with resampling (Vo et al. 2024). levels: clusters per level, finest first;
     resample_steps / sample_size: one value or one per level (sample_size None: half the mean cluster size)."""
     check_features(x, "fit_hierarchy input", distributed)
     return fit_prepared_hierarchy(prepare_points(x, metric), levels, generator=generator, n_iter=n_iter,
                           resample_steps=resample_steps, sample_size=sample_size, sample_rule=sample_rule,
-                          metric=metric, init=init, init_candidates=init_candidates, mem_bytes=mem_bytes,
+                          metric=metric, init=init, init_candidates=init_candidates,
+                          init_sample_factor=init_sample_factor, mem_bytes=mem_bytes,
                           distributed=distributed)
 
 

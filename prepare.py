@@ -31,10 +31,15 @@ Exit codes: 0 done, 1 nothing readable or a --strict failure, 2 bad config (a mi
 unwritable data.root, a changed input listing).
 """
 
+import os
+
+# Before torch loads OpenMP: threads that spin while idle slow a small shared CPU several-fold. A wait
+# policy the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import sys
 
 import numpy as np

@@ -40,10 +40,15 @@ augmentations run batched on the training device from a generator seeded by (see
 drop-path's global RNG is reseeded per iteration, so a resumed run repeats an uninterrupted one exactly.
 """
 
+import os
+
+# Before torch loads OpenMP: threads that spin while idle slow a small shared CPU several-fold. A wait
+# policy the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import copy
 import json
 import math
-import os
 import queue
 import random
 import shutil

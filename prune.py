@@ -31,9 +31,14 @@ with a ValueError naming how many rows; a target larger than the pool keeps the 
 degenerates to a uniform draw.
 """
 
+import os
+
+# Before torch loads OpenMP: threads that spin while idle slow a small shared CPU several-fold. A wait
+# policy the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -167,7 +172,7 @@ def diagnostics(leaf, kept, n_clusters: int, labels=None, meta=None, columns=("w
 
 def curate(features: torch.Tensor, target: int, *, levels, generator: torch.Generator, eta: float = 0.0,
            kmeans_sample=None, n_iter: int = 20, resample_steps=1, sample_size=None, sample_rule: str = "closest",
-           metric: str = "cosine", init: str = "kmeans++", init_candidates=None,
+           metric: str = "cosine", init: str = "kmeans++", init_candidates=None, init_sample_factor=None,
            mem_bytes: int = DEFAULT_MEM_BYTES, labels=None, meta=None, distributed=None):
     """Fit the hierarchy on a random `kmeans_sample` of the pool (None: all), assign the whole pool to leaves,
     draw `target` points. features: this rank's contiguous block of the pool. Returns (sorted int64 pool
@@ -182,7 +187,8 @@ def curate(features: torch.Tensor, target: int, *, levels, generator: torch.Gene
         fit = x[owned_rows(chosen.to(x.device), lay, len(x))]
     hier = fit_prepared_hierarchy(fit, levels, generator=generator, n_iter=n_iter, resample_steps=resample_steps,
                           sample_size=sample_size, sample_rule=sample_rule, metric=metric, init=init,
-                          init_candidates=init_candidates, mem_bytes=mem_bytes, distributed=lay.on)
+                          init_candidates=init_candidates, init_sample_factor=init_sample_factor,
+                          mem_bytes=mem_bytes, distributed=lay.on)
     leaf, d = assign_prepared(x, hier.centroids[0], mem_bytes)
     leaf, d = all_gather_rows(leaf, lay.on).cpu(), all_gather_rows(d, lay.on).cpu()
     kept = balanced_sample(leaf, d, target, k=hier.k, parents=hier.parents, eta=eta, generator=generator)
@@ -243,6 +249,7 @@ def rebalance(backbone, dataset, cfg, epoch, device):
                                   eta=p["eta"], kmeans_sample=p["kmeans_sample"], n_iter=p["iters"],
                                   resample_steps=p["resample_steps"], sample_size=p["resample_size"],
                                   sample_rule=p["resample_rule"], metric=p["metric"], init=p["init"],
+                                  init_sample_factor=p["init_sample_factor"],
                                   mem_bytes=p["memory_mb"] << 20, labels=dataset.meta["class_idx"][pool], meta=meta)
     info.update(epoch=epoch, embed_s=embed_s, cluster_s=time.perf_counter() - start - embed_s,
                 pool_fraction=len(pool) / n)

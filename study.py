@@ -43,11 +43,16 @@ each as mean ± 95 % t-interval over seeds, the paired difference to `none` with
 training with the curation cost (embedding + k-means + sampling) as a share of it.
 """
 
+import os
+
+# Before torch loads OpenMP: threads that spin while idle slow a small shared CPU several-fold. A wait
+# policy the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import glob
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import time

@@ -12,10 +12,16 @@ training code: augmentation, teacher and student passes, DINO loss, clipping, Ad
   data      images/s of the data path alone (Prefetcher reading memory-mapped shards + SARAugment on the
             device), and its ratio to what the step consumes (the goal is >= 5x)
 On a shared machine other processes steal cores: the load average is printed with the results.
+
+OpenMP wait policy: the stage scripts default OMP_WAIT_POLICY to PASSIVE (threads sleep instead of spinning
+when idle). Each policy in --wait-policies (default ACTIVE, then PASSIVE) runs the whole benchmark in its own
+subprocess (the policy is read once, when torch loads OpenMP), and the step rates are compared at the end.
 """
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +115,24 @@ def bench_data(trainer, n_batches):
     return n_batches * b / (time.perf_counter() - start)
 
 
+def run_policies(args, argv):
+    """The benchmark once per wait policy, each in a subprocess; then the step rate of each policy side by side."""
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for policy in args.wait_policies:
+            out = os.path.join(workdir, f"{policy}.json")
+            print(f"--- OMP_WAIT_POLICY={policy}", flush=True)
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--result", out], check=True,
+                           env={**os.environ, "OMP_WAIT_POLICY": policy})
+            with open(out) as f:
+                results[policy] = json.load(f)
+    first, *others = args.wait_policies
+    for name in args.models:
+        rates = ", ".join(f"{p} {results[p][name]:.2f}" for p in args.wait_policies)
+        gains = ", ".join(f"{p} {results[p][name] / results[first][name]:.2f}x {first}" for p in others)
+        print(f"{name:8s} step images/s by wait policy: {rates}" + (f" ({gains})" if gains else ""))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -117,7 +141,13 @@ def main():
     parser.add_argument("--vit-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--wait-policies", nargs="+", default=["ACTIVE", "PASSIVE"], choices=["ACTIVE", "PASSIVE"])
+    parser.add_argument("--result", help=argparse.SUPPRESS)  # set by run_policies: run here, write step rates
     args = parser.parse_args()
+    if args.result is None:
+        return run_policies(args, [a for a in sys.argv[1:]])
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    rates = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as workdir:
@@ -127,10 +157,13 @@ def main():
             ips, augment_share = bench_step(trainer, args.steps, args.warmup)
             mfu = ips * trainer.flops_img / trainer.peak
             data_ips = bench_data(trainer, max(args.steps, 4))
+            rates[name] = ips
             print(f"{name:8s} batch {batch:3d}: step {ips:8.2f} images/s, {trainer.flops_img / 1e9:6.2f} GFLOP/image, "
                   f"MFU {100 * mfu:5.1f}% of {trainer.peak / 1e9:.0f} GFLOP/s; augment {100 * augment_share:4.1f}% "
                   f"of the step; data path {data_ips:8.1f} images/s = {data_ips / ips:5.1f}x the step")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+    with open(args.result, "w") as f:
+        json.dump(rates, f)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kmeans  # noqa: E402
 import prune  # noqa: E402
 
+PLAIN_ABOVE = kmeans.PLAIN_ABOVE
+
 
 def make_points(n=900, d=12, seed=3):
     """Heavy-tailed blobs: a few big modes and many small ones."""
@@ -37,9 +39,14 @@ def block(n, world, rank):
 def work(x_local):
     kmeans.GROUP_SIZE, before = 3, kmeans.GROUP_SIZE  # small Yinyang groups, so that the group search runs too
     try:
-        return _work(x_local)
+        out = _work(x_local)
+        kmeans.PLAIN_ABOVE = -1.0  # the plain blocked Lloyd after the probe steps, from a factor-sized init sample
+        plain = kmeans.kmeans(x_local, 7, generator=kmeans.make_generator(12, 0), n_iter=15, metric="l2",
+                              init_sample_factor=30, mem_bytes=20_000)
+        out.update(plain_centroids=plain.centroids.numpy(), plain_work=np.asarray(plain.work))
+        return out
     finally:
-        kmeans.GROUP_SIZE = before
+        kmeans.GROUP_SIZE, kmeans.PLAIN_ABOVE = before, PLAIN_ABOVE
 
 
 def _work(x_local):

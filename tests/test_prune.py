@@ -60,14 +60,17 @@ def numpy_lloyd(x, c, n_iter, metric):
 # ----------------------------------------------------------------------------- k-means
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-@pytest.mark.parametrize("group_size, density, mem_bytes", [
-    (4, kmeans.FULL_PASS_DENSITY, kmeans.DEFAULT_MEM_BYTES),  # Yinyang groups, full or group passes as chosen
-    (4, 2.0, 3_000),                                        # group passes only, chunks of a few rows
-    (10**9, kmeans.FULL_PASS_DENSITY, 3_000),                # a single group (Hamerly's bounds)
+@pytest.mark.parametrize("group_size, density, mem_bytes, plain_above", [
+    (4, kmeans.FULL_PASS_DENSITY, kmeans.DEFAULT_MEM_BYTES, 2.0),  # Yinyang groups, full or group passes as chosen
+    (4, 2.0, 3_000, 2.0),                                        # group passes only, chunks of a few rows
+    (10**9, kmeans.FULL_PASS_DENSITY, 3_000, 2.0),                # a single group (Hamerly's bounds)
+    (4, kmeans.FULL_PASS_DENSITY, 3_000, -1.0),                   # bounds dropped after the probe: plain Lloyd
 ])
-def test_kmeans_matches_numpy_lloyd_and_inertia_never_increases(metric, group_size, density, mem_bytes, monkeypatch):
+def test_kmeans_matches_numpy_lloyd_and_inertia_never_increases(metric, group_size, density, mem_bytes, plain_above,
+                                                               monkeypatch):
     monkeypatch.setattr(kmeans, "GROUP_SIZE", group_size)
     monkeypatch.setattr(kmeans, "FULL_PASS_DENSITY", density)
+    monkeypatch.setattr(kmeans, "PLAIN_ABOVE", plain_above)  # 2.0: the bounds are always kept
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.normal(0, 1, (2000, 16)).astype(np.float32))  # no structure: many moves
     init = x[torch.from_numpy(rng.choice(2000, 40, replace=False))]
@@ -82,6 +85,34 @@ def test_kmeans_matches_numpy_lloyd_and_inertia_never_increases(metric, group_si
     assert res.history[0] > res.history[-1] * 1.05  # it did move
     d_ref = np.sqrt(((kmeans.prepare_points(x, metric).numpy() - res.centroids.numpy()[a_ref]) ** 2).sum(1))
     np.testing.assert_allclose(res.distances.numpy(), d_ref, atol=1e-5)
+    plain_steps = [w == 1.0 for w in res.work[kmeans.PROBE_ITERS + 1:]]
+    assert all(plain_steps) if plain_above < 0 else not all(plain_steps)
+
+
+def test_bounds_are_dropped_where_they_do_not_pay_and_kept_where_they_do():
+    rng = np.random.default_rng(2)
+    noise = torch.from_numpy(rng.normal(0, 1, (3000, 16)).astype(np.float32))
+    res = kmeans.kmeans(noise, 60, generator=kmeans.make_generator(0), n_iter=8, metric="l2")
+    assert min(res.work[1:kmeans.PROBE_ITERS + 1]) > kmeans.PLAIN_ABOVE  # measured: the bounds searched ~all
+    assert all(w == 1.0 for w in res.work[kmeans.PROBE_ITERS + 1:])       # so plain Lloyd from there on
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 3, (60, 16))  # separated, but close enough that Lloyd takes a few steps
+    blobs = torch.from_numpy((centres[rng.integers(0, 60, 3000)] + rng.normal(0, 1, (3000, 16))).astype(np.float32))
+    res = kmeans.kmeans(blobs, 60, generator=kmeans.make_generator(0), n_iter=8, metric="l2")
+    assert len(res.work) > kmeans.PROBE_ITERS + 1 and max(res.work[1:]) < kmeans.PLAIN_ABOVE  # bounds kept
+
+
+def test_kmeanspp_runs_on_a_seeded_subsample_of_factor_times_k(monkeypatch):
+    monkeypatch.setattr(kmeans, "INIT_MIN_CANDIDATES", 1)
+    x = torch.from_numpy(np.random.default_rng(3).normal(0, 1, (3000, 8)).astype(np.float32))
+    runs = [kmeans.kmeans(x, 10, generator=kmeans.make_generator(4), n_iter=0, metric="l2", init_sample_factor=f)
+            for f in (5, 5, 50)]
+    assert torch.equal(runs[0].centroids, runs[1].centroids)  # same seed, same centroids
+    sample = x[torch.randperm(3000, generator=kmeans.make_generator(4))[:50]]  # the init's first draw
+    assert all(bool((sample == c).all(dim=1).any()) for c in runs[0].centroids)
+    assert not torch.equal(runs[0].centroids, runs[2].centroids)
+    with pytest.raises(ValueError, match="init_sample_factor"):
+        kmeans.kmeans(x, 10, generator=kmeans.make_generator(4), init_sample_factor=0)
 
 
 def test_kmeans_plus_plus_finds_separated_blobs_and_k1_is_the_mean():
@@ -268,9 +299,11 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         warnings.simplefilter("ignore")
         single = worker.work(worker.make_points())
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
-    for name in ["centroids", "assignments", "kept", "inertia"]:
+    for name in ["centroids", "assignments", "kept", "inertia", "plain_centroids", "plain_work"]:
         assert np.array_equal(ranks[0][name], ranks[1][name]), name  # bitwise identical across ranks
     np.testing.assert_allclose(ranks[0]["centroids"], single["centroids"], atol=1e-5)
+    np.testing.assert_allclose(ranks[0]["plain_centroids"], single["plain_centroids"], atol=1e-5)
+    assert ranks[0]["plain_work"][-1] == single["plain_work"][-1] == 1.0  # both took the plain path
     assert ranks[0]["inertia"] == pytest.approx(single["inertia"], rel=1e-6)
     assert np.array_equal(ranks[0]["assignments"], single["assignments"])
     assert np.array_equal(ranks[0]["kept"], single["kept"]) and len(single["kept"]) == 120
