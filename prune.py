@@ -289,11 +289,11 @@ def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, p
 
 
 def main(argv):
-    import evaluate
+    import weights
     cfg = config.load_or_exit(argv, stage="prune")
     config.show(cfg, ["prune"])
     with config.user_errors():  # a bad path, a corrupt shard or checkpoint: one line; a bug keeps its traceback
-        curate_cli(cfg, evaluate.load_backbone)
+        curate_cli(cfg, weights.load_backbone)
 
 
 def curate_cli(cfg, load_backbone):
@@ -304,10 +304,11 @@ def curate_cli(cfg, load_backbone):
     if not p["checkpoint"]:
         raise config.ConfigError("config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt "
                                  "or backbone.pt>")
-    config.check_inputs(cfg, {"prune.checkpoint": "file", data_key: "dataset"})
+    config.check_inputs(cfg, {"prune.checkpoint": "folder" if os.path.isdir(p["checkpoint"]) else "file",
+                              data_key: "dataset"})
     config.check_writable(out, out_key)
     dataset = shards.ShardDataset(config.get(cfg, data_key), verify=p["verify"])
-    backbone, _ = load_backbone(p["checkpoint"], cfg)
+    backbone, _, _ = load_backbone(p["checkpoint"], cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone.to(device)
     indices, info, pool, clusters = rebalance(backbone, dataset, cfg, epoch=0, device=device)
