@@ -6,6 +6,8 @@ Writes  <train.out>/config.yaml          the resolved config
                                          train.checkpoint_iters iterations; a snapshot checkpoint_e<NNNN>.pt
                                          after every train.checkpoint_every completed epochs
         <train.out>/log.jsonl            one record per train.log_every iterations and per epoch
+        <train.out>/curves.png           the run drawn from log.jsonl at every checkpoint (curves.py)
+        <train.out>/curation_e<NNNN>.png the kept set of a curation, by cluster (prune.py; at most 12 per run)
         <train.out>/backbone.pt          the teacher backbone's state dict alone (plain load_state_dict works)
 
 Commands (same code path for all; the process group comes from the torchrun environment when WORLD_SIZE > 1):
@@ -58,6 +60,7 @@ from tqdm import tqdm
 
 import collapse
 import config
+import curves
 import model as models
 import prune
 from augment import SARAugment
@@ -199,7 +202,8 @@ def epoch_indices(epoch, dataset, cfg, pruner_state, backbone=None, device="cpu"
     due = "indices" not in pruner_state or (p["mode"] == "dynamic" and (epoch - p["warmup_epochs"]) % p["every"] == 0)
     if not due:
         return pruner_state["indices"].numpy(), pruner_state, None
-    indices, info, _, clusters = prune.rebalance(backbone, dataset, cfg, epoch, device)
+    indices, info, pool, clusters = prune.rebalance(backbone, dataset, cfg, epoch, device)
+    prune.curation_montage(dataset, pool, clusters.leaf.numpy(), indices, cfg, epoch)
     state = {"indices": torch.from_numpy(indices), "epoch": epoch, "centroids": clusters.centroids, "info": info}
     return indices, state, info
 
@@ -623,6 +627,8 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                 if t["checkpoint_iters"] and self.iteration % t["checkpoint_iters"] == 0 and self.iteration < end:
                     self.save(epoch)
+                    if self.main:
+                        curves.draw_run(self.out)
         finally:
             loader.close()
         complete = self.iteration == (epoch + 1) * self.ipe
@@ -644,6 +650,8 @@ class Trainer:
             if result is not None:
                 record["knn"] = result
         self.log.write(**record)
+        if self.main:                  # the epoch's checkpoint is saved and its record logged: redraw the run
+            curves.draw_run(self.out)
         if complete:
             self.indices = None
         if dist.is_initialized():
