@@ -1,7 +1,8 @@
 """Evaluation of a pretrained backbone: frozen features, linear probes and kNN, next to two baselines.
 
 Reads   eval.checkpoint       pretrain.py's checkpoint.pt (its teacher backbone; architecture from the config
-                              saved in it), a backbone.pt, or external weights (architecture from model.*).
+                              saved in it), a backbone.pt, or published weights in any layout weights.py reads
+                              (.pth/.pth.tar/.safetensors, Hugging Face folders; architecture from model.*).
                               null: <train.out>/checkpoint.pt, or <train.out>/backbone.pt when there is none
         eval.classification   prepared dataset with class_idx/class_name (TenGeoP, data/demo/tengeop)
         eval.regression       prepared dataset with wind and/or hs (OCN-labelled archive, data/demo/regression)
@@ -18,12 +19,14 @@ missing input or an unwritable eval.out, checked before any work; --verify hashe
     python evaluate.py configs/demo.yaml                 # CPU, runs/demo/checkpoint.pt (~15 s on 2 cores)
     OMP_NUM_THREADS=1 python evaluate.py configs/demo.yaml   # faster when other jobs share a small CPU
     python evaluate.py configs/oceansar1.yaml eval.batch_size=1024        # GPU when present (bf16 autocast)
-    python evaluate.py configs/resnet50.yaml checkpoint=oceansar1_resnet50.pth out=runs/release/eval
-The last one evaluates external weights: a torchvision-layout ResNet50 state dict (the OceanSAR-1 release:
-1-channel conv1, no fc) or a DINO/timm ViT checkpoint (student/teacher dicts; `module.`, `backbone.`,
-`teacher.` prefixes and head keys are handled; an RGB patch embedding or conv1 is summed into one channel).
-The model.* section must name that architecture; weights that do not fit it stop with the missing and
-unexpected keys. A ViT is built at the grid of the stored position embedding and resamples it to the image.
+    python evaluate.py configs/resnet50.yaml checkpoint=OceanSAR-1 out=runs/release/eval   # HF model folder
+    python evaluate.py configs/resnet50.yaml checkpoint=OceanSAR-1-wind eval.release_head=wind
+The last two evaluate published weights (README, "Published weights"; weights.py reads every layout: the
+transformers ResNet of the hub release, Galeio's lightly DINO .pth.tar, DINO/timm ViTs, torchvision ResNets;
+the teacher unless eval.weights_key names another network). The model.* section must name that architecture;
+weights that do not fit it stop with the missing and unexpected keys. A ViT is built at the grid of the stored
+position embedding and resamples it to the image as DINO does. eval.release_head=wind|hs also scores the
+checkpoint's own linear head (classifier.1) on the test split, unfitted: results.pretrained.<target>.release.
 
 Protocol (README, "The method"). One centre view: the whole imagette, normalised by the dataset's own mean/std.
 Features: ViT CLS token (eval.n_last_blocks > 1: CLS of the last n blocks; eval.avgpool: plus the mean
@@ -46,8 +49,8 @@ recall: what the rare TenGeoP classes weigh) and macro-F1 of the linear probe, t
 something next to random_init (what the architecture and probe get for free) and physics (what classical
 hand-crafted SAR statistics get). report.json adds per-class recall, confusions, bias, R² and n.
 
-The probes and the physics features live in probes.py. Here: load_backbone (checkpoint.pt, backbone.pt or
-external weights), extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
+The probes and the physics features live in probes.py, weight files -> backbones in weights.py. Here:
+extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
 and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", ...}, which pretrain.py calls
 every train.eval_every epochs.
 """

@@ -23,7 +23,7 @@ process), 2 bad config (including a missing train.data or an unwritable train.ou
 train.verify (--verify) hashes every shard before training; each shard is hashed anyway when first read.
 
 checkpoint.pt (torch.load(path, weights_only=True) reads it) holds: student, teacher (MultiCropWrapper state
-dicts, so model.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
+dicts, so weights.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
 (the centre), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
 (torch, numpy, python, cuda states), config (plain data), indices (the epoch's subset, int64) and pruner_state.
 
