@@ -84,6 +84,23 @@ def transformers_resnet50(num_labels=1000, in_chans=1, depths=(3, 4, 6, 3), seed
     return sd
 
 
+def transformers_resnet18(seed=0):
+    """ResNetModel with layer_type "basic" (microsoft/resnet-18's layout): `layer.{0,1}` are two 3x3 convs, and
+    the first stage (64 -> 64, stride 1) has no shortcut."""
+    g, sd = gen(seed), {}
+    conv_bn(sd, "embedder.embedder.", "convolution", "normalization", 64, 1, 7, g)
+    in_c = 64
+    for s, out_c in enumerate((64, 128, 256, 512)):
+        for i in range(2):
+            p = f"encoder.stages.{s}.layers.{i}."
+            if i == 0 and s > 0:
+                conv_bn(sd, p + "shortcut.", "convolution", "normalization", out_c, in_c, 1, g)
+            conv_bn(sd, p + "layer.0.", "convolution", "normalization", out_c, in_c, 3, g)
+            conv_bn(sd, p + "layer.1.", "convolution", "normalization", out_c, out_c, 3, g)
+            in_c = out_c
+    return sd
+
+
 def hf_config(**changes):
     """config.json of galeio-research/OceanSAR-1 as transformers writes a ResNetConfig (1 channel, ResNet50)."""
     cfg = {"architectures": ["ResNetForImageClassification"], "model_type": "resnet", "num_channels": 1,
@@ -156,6 +173,20 @@ def test_hf_config_that_describes_another_network_is_refused_in_one_line(tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(weights.WeightsError, match="not a Hugging Face model folder: no config.json, model.safetensors"):
         weights.load_backbone(str(tmp_path / "empty"), model_cfg("resnet50"))
+
+
+def test_hf_resnet18_basic_layout_loads_into_resnet18(tmp_path):
+    state = transformers_resnet18()
+    folder = hf_folder(tmp_path / "resnet-18", state, depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
+                       layer_type="basic")
+    backbone, spec, summary = weights.load_backbone(folder, model_cfg("resnet18"))
+    got = backbone.state_dict()
+    assert torch.equal(got["layer3.1.conv2.weight"], state["encoder.stages.2.layers.1.layer.1.convolution.weight"])
+    assert torch.equal(got["layer2.0.downsample.1.running_var"],
+                       state["encoder.stages.1.layers.0.shortcut.normalization.running_var"])
+    assert summary == f"loaded {len(state)} tensors; left out nothing"
+    with pytest.raises(weights.WeightsError, match=re.escape("depths=[2, 2, 2, 2] does not match model.arch=resnet50")):
+        weights.load_backbone(folder, model_cfg("resnet50"))
 
 
 def test_rgb_hf_release_sums_its_stem_and_a_lost_tensor_is_named(tmp_path):
@@ -397,7 +428,7 @@ def test_evaluate_cli_on_a_hf_folder_with_its_release_head(tmp_path, release_sta
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, os.path.join(ROOT, "evaluate.py"), os.path.join(ROOT, "configs", "resnet50.yaml"),
             f"checkpoint={folder}", "eval.classification=", f"eval.regression={reg}", "eval.baselines=false",
-            "eval.device=cpu"]
+            "eval.device=cpu", "eval.bootstrap=0"]
     proc = subprocess.run(base + [f"out={tmp_path / 'eval'}", "eval.release_head=wind"], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
