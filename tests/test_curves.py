@@ -64,11 +64,11 @@ def test_cli_redraws_a_live_log_with_a_half_written_last_line(tmp_path):
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"epoch": 1, "itera')
     assert len(curves.read_log(str(tmp_path / "log.jsonl"))) == len(lines)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "curves.py"), str(tmp_path)], capture_output=True,
-                          text=True, env=ENV, timeout=120)
+                          text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "curves.py"), str(tmp_path / "nowhere")],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+                          capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
