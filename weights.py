@@ -107,11 +107,10 @@ def resnet_layout(backbone):
     stages = [getattr(backbone, f"layer{k}") for k in range(1, 5) if hasattr(backbone, f"layer{k}")]
     if not stages or not hasattr(backbone, "conv1"):
         return None
-    convs = sorted(n for n, _ in stages[0][0].named_children() if re.fullmatch(r"conv\d", n))
     return {"num_channels": backbone.conv1.in_channels, "embedding_size": backbone.conv1.out_channels,
             "depths": [len(s) for s in stages],
-            "hidden_sizes": [getattr(s[0], convs[-1]).out_channels for s in stages],
-            "layer_type": "bottleneck" if len(convs) == 3 else "basic",
+            "hidden_sizes": [s[0].convs()[-1].out_channels for s in stages],
+            "layer_type": "bottleneck" if len(stages[0][0].convs()) == 3 else "basic",
             "downsample_in_first_stage": False, "downsample_in_bottleneck": False}
 
 
