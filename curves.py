@@ -5,13 +5,13 @@
 
 Panels, each drawn only when the log has its keys (older logs and new diagnostics both work), against the
 iteration: the DINO loss (per logged iteration, and the epoch mean); loss / ln K, whose 1.0 line is the uniform
-collapse (epochs the trainer flagged as collapsed are marked); the teacher's per-sample entropy and the entropy of
-its batch-mean distribution next to their ln K ceiling (a low sample entropy with a low batch entropy is the
-one-prototype collapse, both at ln K the uniform one); KL(teacher || student); the std of the backbone features
-(-> 0 is a collapse too); the learning rate; the in-training kNN accuracy when train.eval_every is on. Every
-panel marks the curations (dashed, blue: the start of the epoch whose subset was re-curated) and resumes
-(dotted, grey). ln K is read from the log itself (loss / loss_norm). Written atomically (a reader never sees a
-half-drawn file) with matplotlib's object API: no pyplot, no global backend switch.
+collapse (records with a collapse warning are marked); the teacher's per-sample entropy and the entropy of its
+batch-mean distribution next to their ln K ceiling (both near ln K: uniform collapse; batch entropy near 0: one
+prototype); the prototypes in use (exp of the batch-mean entropy); KL(teacher || student); the spread of the
+teacher's features (-> 0 is a feature collapse); the learning rate; the in-training kNN accuracy when
+train.eval_every is on. Every panel marks the curations (dashed, blue: the start of the epoch whose subset was
+re-curated) and resumes (dotted, grey). ln K is read from the log itself (loss / loss_norm). Written atomically
+(a reader never sees a half-drawn file) with matplotlib's object API: no pyplot, no global backend switch.
 """
 
 import json
@@ -26,8 +26,9 @@ PANELS = [
     ("DINO loss", [("loss", "loss")], False),
     ("loss / ln K (1 = uniform collapse)", [("loss_norm", "loss / ln K")], False),
     ("teacher entropy (nats)", [("teacher_entropy", "per sample"), ("batch_entropy", "of the batch mean")], True),
+    ("prototypes in use, exp H(batch mean)", [("prototypes_in_use", "prototypes")], False),
     ("KL(teacher || student) (nats)", [("kl_teacher_student", "KL")], False),
-    ("backbone feature std", [("feature_std", "std over the batch")], False),
+    ("teacher feature spread (about 1: spread out, 0: collapsed)", [("feature_std", "spread")], False),
     ("learning rate", [("lr", "lr")], False),
 ]
 
@@ -45,7 +46,8 @@ def read_log(path):
 
 
 def run_events(records):
-    """(iteration records, epoch records, curation start iterations, resume iterations, collapsed epoch records)."""
+    """(iteration records, epoch records, curation start iterations, resume iterations, records with a collapse
+    warning: an iteration's list of kinds, or an epoch's "collapse")."""
     steps = [r for r in records if "event" not in r and "loss" in r]
     epochs = [r for r in records if r.get("event") == "epoch"]
     ends = {}                                   # epoch -> last iteration logged before it began
@@ -54,7 +56,7 @@ def run_events(records):
     starts = {e: max([ends[p] for p in ends if p < e], default=0) for e in ends}
     curations = [starts[r["epoch"]] for r in epochs if r.get("curation")]
     resumes = [r["iteration"] for r in records if r.get("event") == "resumed"]
-    collapsed = [r for r in epochs if r.get("warning") == "collapse"]
+    collapsed = [r for r in records if r.get("warning") and "loss_norm" in r]
     return steps, epochs, curations, resumes, collapsed
 
 

@@ -19,15 +19,17 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_log(ln_k=5.0, with_diagnostics=True):
-    """Two epochs of 4 iterations, a resume, a curation at the start of epoch 1, kNN after each epoch, epoch 1
-    flagged collapsed: the record shapes pretrain.py writes."""
+    """Two epochs of 4 iterations, a resume, a curation at the start of epoch 1, kNN after each epoch, a collapse
+    warning at iteration 6 and on epoch 1: the record shapes pretrain.py writes."""
     records = []
     for it in range(1, 9):
         loss = ln_k * (1 - 0.02 * it)
         r = {"epoch": (it - 1) // 4, "iteration": it, "loss": loss, "loss_norm": loss / ln_k,
              "teacher_entropy": 3.0 - 0.1 * it, "lr": 1e-4 * it, "wd": 0.04}
         if with_diagnostics:
-            r.update(batch_entropy=4.5, kl_teacher_student=0.1 * it, feature_std=0.5)
+            r.update(batch_entropy=4.5, kl_teacher_student=0.1 * it, feature_std=0.5, prototypes_in_use=90.0)
+            if it == 6:
+                r["warning"] = ["one prototype"]
         records.append(r)
         if it == 4:
             records.append({"event": "epoch", "epoch": 0, "iteration": 4, "complete": True, "loss": loss,
@@ -42,7 +44,8 @@ def test_events_are_placed_at_the_iterations_they_happened():
     steps, epochs, curations, resumes, collapsed = curves.run_events(fake_log())
     assert len(steps) == 8 and [r["epoch"] for r in epochs] == [0, 1]
     assert curations == [4]                   # epoch 1 was curated at its start, after iteration 4
-    assert resumes == [4] and [r["epoch"] for r in collapsed] == [1]
+    assert resumes == [4] and [(r["iteration"], r["warning"]) for r in collapsed] == [(6, ["one prototype"]),
+                                                                                      (8, "collapse")]
 
 
 def test_panels_follow_the_keys_the_log_has(tmp_path):
