@@ -87,7 +87,7 @@ def draw(records, path, title=None):
     if not steps:
         return None
     panels = present_panels(steps)
-    knn = [(r["iteration"], r["knn"]["knn_acc"]) for r in epochs if isinstance(r.get("knn"), dict)]
+    knn = [(r["iteration"], r["knn"]["knn_acc"]) for r in epochs if "knn_acc" in (r.get("knn") or {})]
     n_panels = len(panels) + bool(knn)
     rows = math.ceil(n_panels / 2)
     fig = Figure(figsize=(12, 2.8 * rows + 0.4), layout="constrained")
