@@ -264,8 +264,13 @@ SCHEMA = {
     },
     # ---------------------------------------------------------------- evaluate.py
     "eval": {
-        "checkpoint": _k(None, str, "checkpoint.pt or backbone.pt to evaluate (null: <train.out>/checkpoint.pt)",
-                         optional=True),
+        "checkpoint": _k(None, str, "checkpoint.pt, backbone.pt, external weights (.pth/.pth.tar/.safetensors) "
+                         "or a Hugging Face model folder to evaluate (null: <train.out>/checkpoint.pt)", optional=True),
+        "weights_key": _k(None, str, "external weights: the container or key prefix holding the backbone, e.g. "
+                          "student or student_backbone (null: the teacher)", optional=True),
+        "release_head": _k(None, str, "also score the checkpoint's own released linear head (classifier.1 of "
+                           "OceanSAR-1-wind / -wave) on this target, unfitted", choices=["wind", "hs"],
+                           optional=True),
         "out": _k(None, str, "report folder (null: <train.out>/eval)", optional=True),
         "classification": _k("data/demo/tengeop", str, "labelled classification dataset (null/'' to skip)",
                              optional=True),

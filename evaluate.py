@@ -1,7 +1,8 @@
 """Evaluation of a pretrained backbone: frozen features, linear probes and kNN, next to two baselines.
 
 Reads   eval.checkpoint       pretrain.py's checkpoint.pt (its teacher backbone; architecture from the config
-                              saved in it), a backbone.pt, or external weights (architecture from model.*).
+                              saved in it), a backbone.pt, or published weights in any layout weights.py reads
+                              (.pth/.pth.tar/.safetensors, Hugging Face folders; architecture from model.*).
                               null: <train.out>/checkpoint.pt, or <train.out>/backbone.pt when there is none
         eval.classification   prepared dataset with class_idx/class_name (TenGeoP, data/demo/tengeop)
         eval.regression       prepared dataset with wind and/or hs (OCN-labelled archive, data/demo/regression)
@@ -19,12 +20,14 @@ missing input or an unwritable eval.out, checked before any work; --verify hashe
     python evaluate.py configs/demo.yaml                 # CPU, runs/demo/checkpoint.pt (~15 s on 2 cores)
     OMP_NUM_THREADS=1 python evaluate.py configs/demo.yaml   # faster when other jobs share a small CPU
     python evaluate.py configs/oceansar1.yaml eval.batch_size=1024        # GPU when present (bf16 autocast)
-    python evaluate.py configs/resnet50.yaml checkpoint=oceansar1_resnet50.pth out=runs/release/eval
-The last one evaluates external weights: a torchvision-layout ResNet50 state dict (the OceanSAR-1 release:
-1-channel conv1, no fc) or a DINO/timm ViT checkpoint (student/teacher dicts; `module.`, `backbone.`,
-`teacher.` prefixes and head keys are handled; an RGB patch embedding or conv1 is summed into one channel).
-The model.* section must name that architecture; weights that do not fit it stop with the missing and
-unexpected keys. A ViT is built at the grid of the stored position embedding and resamples it to the image.
+    python evaluate.py configs/resnet50.yaml checkpoint=OceanSAR-1 out=runs/release/eval   # HF model folder
+    python evaluate.py configs/resnet50.yaml checkpoint=OceanSAR-1-wind eval.release_head=wind
+The last two evaluate published weights (README, "Published weights"; weights.py reads every layout: the
+transformers ResNet of the hub release, Galeio's lightly DINO .pth.tar, DINO/timm ViTs, torchvision ResNets;
+the teacher unless eval.weights_key names another network). The model.* section must name that architecture;
+weights that do not fit it stop with the missing and unexpected keys. A ViT is built at the grid of the stored
+position embedding and resamples it to the image as DINO does. eval.release_head=wind|hs also scores the
+checkpoint's own linear head (classifier.1) on the test split, unfitted: results.pretrained.<target>.release.
 
 Protocol (README, "The method"). One centre view: the whole imagette, normalised by the dataset's own mean/std.
 Features: ViT CLS token (eval.n_last_blocks > 1: CLS of the last n blocks; eval.avgpool: plus the mean
@@ -51,8 +54,8 @@ hand-crafted SAR statistics get). Where the regression set has a `wind_dir` colu
 (the 180° ambiguity), so report.json adds mae_axis_deg from probes on (cos 2θ, sin 2θ), in [0, 90] (chance 45).
 report.json adds per-class recall, confusions, bias, R² and n.
 
-The probes and the physics features live in probes.py. Here: load_backbone (checkpoint.pt, backbone.pt or
-external weights), extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
+The probes and the physics features live in probes.py, weight files -> backbones in weights.py. Here:
+extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
 and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", ...}, which pretrain.py calls
 every train.eval_every epochs.
 """
@@ -63,12 +66,10 @@ import os
 # policy the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import json
 import math
 import sys
 import time
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -79,64 +80,11 @@ import intervals
 import model as models
 import probes
 import shards
+import weights
 
-# -------------------------------------------------------------------------------------------------- backbones
 
 class EvalError(config.UserError, RuntimeError):
     """Missing or unusable input, reported by the CLI as one line (exit code 1)."""
-
-
-def _read_weights(path):
-    """torch.load with weights_only (no pickled code runs); DINO checkpoints' argparse `args` is allowed."""
-    if not os.path.isfile(path):
-        raise EvalError(f"checkpoint {path} does not exist")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:                   # unpickling fails with many exception types
-        raise EvalError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(weights, Mapping):
-        raise EvalError(f"{path}: expected a state dict or a checkpoint dict, got {type(weights).__name__}")
-    return weights
-
-
-def _stored_grid(weights):
-    """Side of the patch grid of the first `pos_embed` in a (nested) state dict, or None."""
-    for key, value in weights.items():
-        found = _stored_grid(value) if isinstance(value, Mapping) else None
-        if torch.is_tensor(value) and key.endswith("pos_embed") and value.ndim == 3:
-            found = math.isqrt(value.shape[1] - 1)
-        if found:
-            return found
-    return None
-
-
-def load_backbone(path, cfg):
-    """(backbone, (arch, patch_size, img_size)) holding the teacher / backbone weights stored at `path`."""
-    return backbone_from_weights(_read_weights(path), cfg, path)
-
-
-def backbone_from_weights(weights, cfg, source="weights"):
-    """A backbone built for and loaded with a state dict or checkpoint dict, and its (arch, patch, img_size).
-
-    The architecture comes from the config saved in a pretrain.py checkpoint, else from cfg["model"]; a ViT
-    is built at the grid of the stored position embedding, so the weights load unresampled."""
-    saved = weights.get("config")
-    if isinstance(saved, Mapping) and "model" in saved:
-        arch, patch, img = saved["model"]["arch"], saved["model"]["patch_size"], saved["train"]["global_crops_size"]
-        m = saved["model"]
-    else:
-        arch, patch, grid = cfg["model"]["arch"], cfg["model"]["patch_size"], _stored_grid(weights)
-        img = grid * patch if grid else cfg["train"]["global_crops_size"]
-        m = cfg["model"]
-    options = {"layerscale": m.get("layerscale", 0.0), "registers": m.get("registers", 0)}  # DINOv2 ViT options
-    backbone = models.build_backbone(arch, patch, img, width=m.get("width", 64),
-                                     **(options if arch.startswith("vit") else {}))
-    try:
-        models.load_backbone_weights(backbone, weights)
-    except ValueError as e:
-        raise EvalError(f"{source} ({arch}): {e}") from None
-    return backbone, (arch, patch, img)
 
 
 # --------------------------------------------------------------------------------------------------- features
@@ -322,6 +270,24 @@ def _wind_direction(report, feats, ds, rows, masks, e):
             {k: en_m["errors"][k][idx].mean(1) for k in keys} for en_m in en], keys) for p, en in entries.items()}
 
 
+def _release_head(report, feats, ds, rows, masks, target, head):
+    """Score a released linear head (OceanSAR-1-wind / -wave, classifier.1) on the pretrained features of the
+    test split as they are: no fit. Adds results.pretrained.<target>.release = {rmse, bias, r2, n}."""
+    W, b = head
+    X = feats["pretrained"]
+    if W.shape != (1, X.shape[1]):
+        raise EvalError(f"eval.release_head: the head maps {W.shape[1]} features to {W.shape[0]} outputs; "
+                        f"expected one output from the backbone's {X.shape[1]} features")
+    y = torch.from_numpy(ds.meta[target][rows].astype(np.float64))[masks[2]]
+    if not torch.isfinite(y).any():
+        raise EvalError(f"eval.release_head={target}: no finite {target} label in the test split of {ds.folder}")
+    pred = (X[masks[2].to(X.device)].double() @ W.double().T.to(X.device) + b.double().to(X.device))[:, 0]
+    res = probes.regression_metrics(y, pred.cpu())
+    report["results"]["pretrained"].setdefault(target, {})["release"] = res
+    print(f"{target:<15s} {'pretrained':<12s} release head RMSE {res['rmse']:.3f}  bias {res['bias']:+.3f}  "
+          f"n_test={res['n']}")
+
+
 def run_evaluation(cfg):
     """Evaluate eval.checkpoint on the configured tasks and write the report (module docstring); returns it."""
     e, run_out, t0 = cfg["eval"], cfg["train"]["out"], time.perf_counter()
@@ -338,9 +304,13 @@ def run_evaluation(cfg):
     if not e["checkpoint"] and not os.path.isfile(ckpt):
         raise config.ConfigError(f"config key 'eval.checkpoint': not set, and train.out {run_out} holds neither "
                                  f"checkpoint.pt nor backbone.pt")
-    config.check_inputs(cfg, {"eval.checkpoint": "file", **{f"eval.{key}": "dataset" for key in tasks}})
+    ckpt_kind = "folder" if os.path.isdir(ckpt) else "file"          # a folder: a Hugging Face model folder
+    config.check_inputs(cfg, {"eval.checkpoint": ckpt_kind, **{f"eval.{key}": "dataset" for key in tasks}})
     out = config.check_writable(e["out"] or os.path.join(run_out, "eval"), "eval.out" if e["out"] else "train.out")
-    backbone, spec = load_backbone(ckpt, cfg)
+    backbone, spec, loaded = weights.load_backbone(ckpt, cfg)
+    head = weights.release_head(ckpt) if e["release_head"] else None
+    if head is not None and not e["regression"]:
+        raise EvalError(f"eval.release_head={e['release_head']} needs eval.regression (a dataset with that label)")
     nets = {"pretrained": backbone.to(device)}
     if e["baselines"]:                       # random_init: eval.random_seeds draws of the same architecture
         options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers}
@@ -348,7 +318,7 @@ def run_evaluation(cfg):
         for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
             nets[f"random_init#{seed}"] = models.build_backbone(
                 *spec, generator=torch.Generator().manual_seed(seed), **options).to(device)
-    print(f"evaluating {ckpt}: {spec[0]} (patch {spec[1]}, built at {spec[2]} px) on {device}")
+    print(f"evaluating {ckpt}: {spec[0]} (patch {spec[1]}, built at {spec[2]} px) on {device}; {loaded}")
     report = {"checkpoint": ckpt, "arch": spec[0],
               "feature_dim": backbone.feature_dim(e["n_last_blocks"], e["avgpool"]),
               "results": {row: {} for row in model_groups([*nets, *(["physics"] if e["baselines"] else [])])}}
@@ -367,6 +337,8 @@ def run_evaluation(cfg):
             names = _classification(report, feats, ds, rows, masks, e)
         else:
             _regression(report, feats, ds, rows, masks, e, scatter)
+            if head is not None:
+                _release_head(report, feats, ds, rows, masks, e["release_head"], head)
     paths = write_report(report, cfg, out, names, scatter)
     print(f"evaluated in {time.perf_counter() - t0:.1f} s; wrote\n  " + "\n  ".join(paths))
     return report

@@ -10,13 +10,11 @@ Manual
 
     feats = backbone(x)                      # [B, embed_dim]: CLS token (ViT) / pooled map (ResNet)
     feats = backbone.get_features(x, n_last_blocks=4, avgpool=True)   # linear-probe features
-    model.load_backbone_weights(backbone, torch.load("checkpoint.pth"))  # strict, or ValueError
     model.flops_per_image(backbone, 256)     # forward matmul FLOPs of one image, for MFU
 
 Architectures (`ARCHS`): vit_nano (a CPU-sized ViT for tests and smoke runs), vit_tiny, vit_small,
 vit_base, resnet50. The ViT state-dict keys follow the DINO/timm layout and the ResNet keys follow the
-torchvision layout, so the public DINO / torchvision checkpoints load after `load_backbone_weights` sums their
-RGB input kernel into one channel (the paper's recipe for a 1-channel first layer).
+torchvision layout; weights.py loads the public DINO / torchvision / transformers / lightly checkpoints into them.
 
 Initialisation is deterministic: every constructor takes an optional `generator` (a CPU torch.Generator); when
 it is None a generator seeded with 0 is used, so two models built with the same arguments are identical.
@@ -25,7 +23,6 @@ the trainer seeds it.
 """
 
 import math
-from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -164,8 +161,12 @@ class Block(nn.Module):
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Bicubically resample the patch part of a [1, 1+g*g, D] position embedding to a (h, w) grid.
+    """Bicubically resample the patch part of a [1, 1+g*g, D] position embedding to a (h, w) grid, like DINO.
 
+    facebookresearch/dino interpolates with scale_factor = (h + 0.1) / g (and (w + 0.1) / g) rather than to
+    size (h, w): the scale enters the source-coordinate mapping, so the two give different embeddings (2.5e-2
+    apart at 96 px on a 224 px ViT-S/16). Doing as DINO does makes a public DINO checkpoint give DINO's features
+    at every input size; the 0.1 keeps floor(g * scale) == h against floating-point error.
     The CLS slot is kept as is. The stored grid must be square (it is for every model built here and for
     the public DINO checkpoints).
     """
@@ -177,8 +178,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> torch
         return pos_embed
     dim = patch_pos.shape[-1]
     grid = patch_pos.reshape(1, g, g, dim).permute(0, 3, 1, 2)
+    scale = tuple((n + 0.1) / g for n in grid_hw)
     # Interpolate in fp32: bicubic is not implemented for every low-precision dtype/device pair.
-    grid = F.interpolate(grid.float(), size=tuple(grid_hw), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False)
     patch_pos = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat([cls_pos, patch_pos], dim=1)
 
@@ -541,7 +543,11 @@ class DINOHead(nn.Module):
                     _trunc_normal_(m.weight, 0.02, g)
                     nn.init.zeros_(m.bias)
             last = nn.Linear(bottleneck_dim, out_dim, bias=False)
-            _trunc_normal_(last.weight, 0.02, g)       # only the row directions matter after weight norm
+            # v as DINO has it (nn.Linear's default, U(+-1/sqrt(bottleneck_dim)): row norm sqrt(1/3)). Only the
+            # row directions enter the logits, but the norm sets the step: the gradient on v scales as 1/||v||,
+            # so a 0.02-std init (row norm ~0.3) would rotate the prototypes ~2x faster in the first updates.
+            bound = 1.0 / math.sqrt(bottleneck_dim)
+            last.weight.uniform_(-bound, bound, generator=g)
         self.last_layer = weight_norm(last)
         magnitude = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
@@ -588,90 +594,3 @@ class MultiCropWrapper(nn.Module):
         features = torch.cat(features)
         out = self.head(features)
         return (out, features) if return_backbone_features else out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Weight loading
-
-_CONTAINER_KEYS = ("teacher", "state_dict", "model", "backbone")
-_PREFIXES = ("module.", "backbone.", "teacher.", "_orig_mod.")
-_DROPPED_PREFIXES = ("head.", "ibot_head.", "fc.")
-_TRAINING_ONLY = ("mask_token",)   # used only by masked-image training: dropped when the model has none
-_FIRST_CONVS = ("patch_embed.proj.weight", "conv1.weight")
-
-
-def _unwrap_checkpoint(obj):
-    """Descend into {'teacher': ...} / {'state_dict': ...} / ... until a flat name -> tensor mapping."""
-    while isinstance(obj, Mapping) and not all(torch.is_tensor(v) for v in obj.values()):
-        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            raise ValueError(f"checkpoint has no state dict under any of {_CONTAINER_KEYS}; "
-                             f"top-level keys: {_short_list(list(obj))}")
-        obj = inner
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a state dict or checkpoint dict, got {type(obj).__name__}")
-    return obj
-
-
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
-
-
-def _short_list(keys, limit: int = 8) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return "[" + ", ".join(keys[:limit]) + "]" + more
-
-
-def _adapt_tensor(key: str, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum an RGB first-layer kernel into one channel; resample a position embedding to the model's grid."""
-    if key in _FIRST_CONVS and value.ndim == 4 and value.shape[1] != target.shape[1] and target.shape[1] == 1:
-        return value.sum(dim=1, keepdim=True)
-    if key == "pos_embed" and value.ndim == 3 and value.shape != target.shape:
-        g = math.isqrt(target.shape[1] - 1)
-        return resize_pos_embed(value, (g, g))
-    return value
-
-
-def load_backbone_weights(model: nn.Module, state_dict) -> None:
-    """Load a backbone from a raw state dict or a checkpoint (DINO, torchvision, this project's export).
-
-    Unwraps 'teacher' / 'state_dict' / 'model' / 'backbone' containers, strips `module.`, `backbone.`,
-    `teacher.` and `_orig_mod.` prefixes, drops DINO / iBOT head (`head.*`, `ibot_head.*`) and classifier (`fc.*`)
-    keys and a `mask_token` the model does not have (DINOv2 layout; training-only), sums a
-    3-channel first conv into 1 channel, resamples `pos_embed` to the model's grid, and loads strictly.
-    BatchNorm `num_batches_tracked` counters absent from older checkpoints are set to 0.
-    Any missing, unexpected or wrongly shaped key raises ValueError listing them; nothing is loaded then.
-    """
-    raw = _unwrap_checkpoint(state_dict)
-    cleaned = {}
-    for key, value in raw.items():
-        key = _strip_prefixes(key)
-        if not key.startswith(_DROPPED_PREFIXES):
-            cleaned[key] = value
-    expected = model.state_dict()
-    for key in _TRAINING_ONLY:
-        if key not in expected:
-            cleaned.pop(key, None)
-    for key in expected:
-        if key.endswith("num_batches_tracked") and key not in cleaned:
-            cleaned[key] = torch.zeros_like(expected[key])
-    missing = set(expected) - set(cleaned)
-    unexpected = set(cleaned) - set(expected)
-    mismatched = []
-    for key in set(expected) & set(cleaned):
-        cleaned[key] = _adapt_tensor(key, cleaned[key], expected[key])
-        if cleaned[key].shape != expected[key].shape:
-            mismatched.append(f"{key}: {tuple(cleaned[key].shape)} vs model {tuple(expected[key].shape)}")
-    if missing or unexpected or mismatched:
-        raise ValueError(f"state dict does not match {type(model).__name__}: "
-                         f"missing {len(missing)} {_short_list(missing)}; "
-                         f"unexpected {len(unexpected)} {_short_list(unexpected)}; "
-                         f"shape mismatch {len(mismatched)} {_short_list(mismatched, limit=4)}")
-    model.load_state_dict(cleaned, strict=True)

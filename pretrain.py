@@ -6,6 +6,8 @@ Writes  <train.out>/config.yaml          the resolved config
                                          train.checkpoint_iters iterations; a snapshot checkpoint_e<NNNN>.pt
                                          after every train.checkpoint_every completed epochs
         <train.out>/log.jsonl            one record per train.log_every iterations and per epoch
+        <train.out>/curves.png           the run drawn from log.jsonl at every checkpoint (curves.py)
+        <train.out>/curation_e<NNNN>.png the kept set of a curation, by cluster (prune.py; at most 12 per run)
         <train.out>/backbone.pt          the teacher backbone's state dict alone (plain load_state_dict works)
 
 Commands (same code path for all; the process group comes from the torchrun environment when WORLD_SIZE > 1):
@@ -21,8 +23,9 @@ process), 2 bad config (including a missing train.data or an unwritable train.ou
 train.verify (--verify) hashes every shard before training; each shard is hashed anyway when first read.
 
 checkpoint.pt (torch.load(path, weights_only=True) reads it) holds: student, teacher (MultiCropWrapper state
-dicts, so model.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
-(the centre; dinov2: center and ibot_center), epoch (of `indices`), iteration (the next one to run), iters_per_epoch, global_batch, rng
+dicts, so weights.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss
+(the centre; dinov2: center and ibot_center), epoch (of `indices`), iteration (the next one to run),
+iters_per_epoch, global_batch, rng
 (torch, numpy, python, cuda states), config (plain data), indices (the epoch's subset, int64) and pruner_state.
 
 The recipe (see README, "The method"): multi-crop DINO with a centred, sharpened EMA teacher; per-iteration schedules
@@ -65,6 +68,7 @@ from tqdm import tqdm
 
 import collapse
 import config
+import curves
 import dinov2
 import model as models
 import prune
@@ -209,7 +213,8 @@ def epoch_indices(epoch, dataset, cfg, pruner_state, backbone=None, device="cpu"
     due = "indices" not in pruner_state or (p["mode"] == "dynamic" and (epoch - p["warmup_epochs"]) % p["every"] == 0)
     if not due:
         return pruner_state["indices"].numpy(), pruner_state, None
-    indices, info, _, clusters = prune.rebalance(backbone, dataset, cfg, epoch, device)
+    indices, info, pool, clusters = prune.rebalance(backbone, dataset, cfg, epoch, device)
+    prune.curation_montage(dataset, pool, clusters.leaf.numpy(), indices, cfg, epoch)
     state = {"indices": torch.from_numpy(indices), "epoch": epoch, "centroids": clusters.centroids, "info": info}
     return indices, state, info
 
@@ -664,6 +669,8 @@ class Trainer:
                     window_start, window_images = time.perf_counter(), 0
                 if t["checkpoint_iters"] and self.iteration % t["checkpoint_iters"] == 0 and self.iteration < end:
                     self.save(epoch)
+                    if self.main:
+                        curves.draw_run(self.out)
         finally:
             loader.close()
         complete = self.iteration == (epoch + 1) * self.ipe
@@ -685,6 +692,8 @@ class Trainer:
             if result is not None:
                 record["knn"] = result
         self.log.write(**record)
+        if self.main:                  # the epoch's checkpoint is saved and its record logged: redraw the run
+            curves.draw_run(self.out)
         if complete:
             self.indices = None
         if dist.is_initialized():

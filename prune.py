@@ -24,7 +24,9 @@ assignments.npy ([2, |P|]: pool dataset index, leaf cluster), diagnostics.json (
 kept, class histogram and top-class share, mean wind / Hs / incidence pool vs kept), clusters.png (random clusters
 as rows x random members) and cluster_sizes.png (leaf sizes before and after balancing), config.yaml.
 Before any work it checks that prune.checkpoint and the dataset exist and the output folder is writable (exit 2
-naming the key); --verify hashes every shard first; a corrupt shard or checkpoint is one line (exit 1).
+naming the key); --verify hashes every shard first; a corrupt shard or checkpoint is one line (exit 1). Inside
+pretrain.py, curation_montage writes <train.out>/curation_e<NNNN>.png (random clusters x kept members) at every
+curation, at most MAX_CURATION_MONTAGES per run (evenly spread over a dynamic run).
 
 Edge cases: fewer pool images than clusters reduces k (warning); duplicates are fine; non-finite features stop
 with a ValueError naming how many rows; a target larger than the pool keeps the whole pool (warning); k = 1
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 import config
@@ -258,30 +261,41 @@ def rebalance(backbone, dataset, cfg, epoch, device):
 
 # ----------------------------------------------------------------------------- the offline curation CLI
 
-def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, per_row=10):
-    """clusters.png: random clusters (rows) x random members; cluster_sizes.png: sizes before/after balancing."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+MAX_CURATION_MONTAGES = 12   # curation_e<NNNN>.png files a training run writes at most (evenly spread)
+
+
+def montage(dataset, pool, leaf, kept, n_clusters, seed, from_kept=False, rows=8, per_row=10):
+    """A Figure of random clusters (rows) x random members (from the kept pool positions when from_kept),
+    each row titled with the cluster's pool size and how many of it were kept."""
     rng = np.random.default_rng(seed)
     sizes = np.bincount(leaf, minlength=n_clusters)
-    chosen = np.sort(rng.choice(np.flatnonzero(sizes > 0), size=min(rows, int((sizes > 0).sum())), replace=False))
-    fig, axes = plt.subplots(len(chosen), per_row, figsize=(1.4 * per_row, 1.5 * len(chosen)), squeeze=False)
+    kept_sizes = np.bincount(leaf[kept], minlength=n_clusters)
+    candidates = np.flatnonzero((kept_sizes if from_kept else sizes) > 0)
+    chosen = np.sort(rng.choice(candidates, size=min(rows, len(candidates)), replace=False))
+    fig = Figure(figsize=(1.4 * per_row, 1.5 * max(len(chosen), 1)), layout="constrained")
+    axes = fig.subplots(max(len(chosen), 1), per_row, squeeze=False)
+    in_kept = np.zeros(len(leaf), dtype=bool)
+    in_kept[kept] = True
+    for ax in axes.ravel():
+        ax.axis("off")
     for r, c in enumerate(chosen):
-        members = np.flatnonzero(leaf == c)
+        members = np.flatnonzero((leaf == c) & (in_kept if from_kept else True))
         pick = np.sort(rng.choice(members, size=min(per_row, len(members)), replace=False))
         images = dataset.read_batch(pool[pick], raw=True)[:, 0]
-        for j, ax in enumerate(axes[r]):
-            ax.axis("off")
-            if j < len(images):
-                lo, hi = np.percentile(images[j], [2, 98])
-                ax.imshow(images[j], cmap="gray", vmin=lo, vmax=hi)
-        axes[r][0].set_title(f"cluster {c}: {sizes[c]} images, {int(np.isin(members, kept).sum())} kept",
-                             fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "clusters.png"), dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+        for ax, image in zip(axes[r], images):
+            lo, hi = np.percentile(image, [2, 98])
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        axes[r][0].set_title(f"cluster {c}: {sizes[c]} images, {kept_sizes[c]} kept", fontsize=8, loc="left")
+    return fig
+
+
+def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, per_row=10):
+    """clusters.png: random clusters (rows) x random members; cluster_sizes.png: sizes before/after balancing."""
+    montage(dataset, pool, leaf, kept, n_clusters, seed, rows=rows, per_row=per_row).savefig(
+        os.path.join(out, "clusters.png"), dpi=100)
+    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.subplots()
+    sizes = np.bincount(leaf, minlength=n_clusters)
     order = np.argsort(-sizes)
     ax.bar(np.arange(n_clusters), sizes[order], width=1.0, color="0.7", label="pool")
     ax.bar(np.arange(n_clusters), np.bincount(leaf[kept], minlength=n_clusters)[order], width=1.0,
@@ -290,17 +304,37 @@ def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, p
     ax.set_ylabel("images")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
     fig.savefig(os.path.join(out, "cluster_sizes.png"), dpi=110)
-    plt.close(fig)
+
+
+def curation_montage(dataset, pool, leaf, indices, cfg, epoch):
+    """In training (rank 0): <train.out>/curation_e<epoch>.png, the kept set of this curation by cluster.
+
+    Every curation of a static run and at most MAX_CURATION_MONTAGES of a dynamic one, evenly spread over the
+    run and always the first. Returns the path, or None when this curation is not drawn."""
+    p, t = cfg["prune"], cfg["train"]
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    n_curations = len(range(p["warmup_epochs"], t["epochs"], p["every"])) if p["mode"] == "dynamic" else 1
+    stride = math.ceil(n_curations / MAX_CURATION_MONTAGES)
+    if p["mode"] == "dynamic" and ((epoch - p["warmup_epochs"]) // p["every"]) % stride:
+        return None
+    kept = np.flatnonzero(np.isin(pool, indices))
+    fig = montage(dataset, pool, leaf, kept, int(leaf.max()) + 1, [t["seed"], epoch], from_kept=True)
+    fig.suptitle(f"epoch {epoch}: the curated subset ({len(indices)} images), random clusters x kept members",
+                 fontsize=10)
+    path = os.path.join(t["out"], f"curation_e{epoch:04d}.png")
+    fig.savefig(path + ".tmp", format="png", dpi=80)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def main(argv):
-    import evaluate
+    import weights
     cfg = config.load_or_exit(argv, stage="prune")
     config.show(cfg, ["prune"])
     with config.user_errors():  # a bad path, a corrupt shard or checkpoint: one line; a bug keeps its traceback
-        curate_cli(cfg, evaluate.load_backbone)
+        curate_cli(cfg, weights.load_backbone)
 
 
 def curate_cli(cfg, load_backbone):
@@ -311,10 +345,11 @@ def curate_cli(cfg, load_backbone):
     if not p["checkpoint"]:
         raise config.ConfigError("config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt "
                                  "or backbone.pt>")
-    config.check_inputs(cfg, {"prune.checkpoint": "file", data_key: "dataset"})
+    config.check_inputs(cfg, {"prune.checkpoint": "folder" if os.path.isdir(p["checkpoint"]) else "file",
+                              data_key: "dataset"})
     config.check_writable(out, out_key)
     dataset = shards.ShardDataset(config.get(cfg, data_key), verify=p["verify"])
-    backbone, _ = load_backbone(p["checkpoint"], cfg)
+    backbone, _, _ = load_backbone(p["checkpoint"], cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone.to(device)
     indices, info, pool, clusters = rebalance(backbone, dataset, cfg, epoch=0, device=device)

@@ -21,6 +21,7 @@ import config  # noqa: E402
 import dinov2  # noqa: E402
 import model as models  # noqa: E402
 import pretrain  # noqa: E402
+import weights  # noqa: E402
 from test_pretrain import ENV, make_dataset, read_log, run_pretrain, state_hash, write_config  # noqa: E402
 
 V2 = {"train__objective": "dinov2", "model__patch_size": 4}   # 32 px globals -> an 8 x 8 patch grid
@@ -147,7 +148,7 @@ def test_dinov2_layout_loads_strictly_into_vit_small_with_registers_and_layersca
     sd = dinov2_layout_state_dict()
     vit = models.build_backbone("vit_small", 16, 224, registers=4, layerscale=1e-5, mask_token=True)
     assert set(vit.state_dict()) == set(sd)                                   # the same key layout, exactly
-    models.load_backbone_weights(vit, {"teacher": {f"backbone.{k}": v for k, v in sd.items()}})
+    weights.load_backbone_weights(vit, {"teacher": {f"backbone.{k}": v for k, v in sd.items()}})
     assert torch.equal(vit.patch_embed.proj.weight, sd["patch_embed.proj.weight"].sum(1, keepdim=True))
     assert torch.equal(vit.blocks[3].ls2.gamma, sd["blocks.3.ls2.gamma"])
     assert torch.equal(vit.register_tokens, sd["register_tokens"]) and torch.equal(vit.mask_token, sd["mask_token"])
@@ -156,10 +157,10 @@ def test_dinov2_layout_loads_strictly_into_vit_small_with_registers_and_layersca
     assert vit.get_features(x, avgpool=True).shape == (2, 768)
     # For evaluation the training-only mask token is dropped; anything else missing is an error.
     plain = models.build_backbone("vit_small", 16, 224, registers=4, layerscale=1e-5)
-    models.load_backbone_weights(plain, sd)
+    weights.load_backbone_weights(plain, sd)
     assert torch.equal(plain.blocks[0].ls1.gamma, sd["blocks.0.ls1.gamma"])
     with pytest.raises(ValueError, match="unexpected 25"):      # register_tokens + 24 ls gammas
-        models.load_backbone_weights(models.build_backbone("vit_small", 16, 224), sd)
+        weights.load_backbone_weights(models.build_backbone("vit_small", 16, 224), sd)
 
 
 def test_masked_tokens_registers_and_default_layout():
@@ -223,8 +224,8 @@ def test_dinov2_run_resumes_bitwise_after_kill(tmp_path, data_dir):
     assert all(r["loss"] == r["loss_dino"] and r["loss_ibot"] > 0 for r in iters)
     # The exported backbone and the checkpoint's teacher load for evaluation (mask token and iBOT head dropped).
     plain = models.build_backbone("vit_nano", 4, 32)
-    models.load_backbone_weights(plain, a)
-    models.load_backbone_weights(models.build_backbone("vit_nano", 4, 32), torch.load(full_out / "backbone.pt"))
+    weights.load_backbone_weights(plain, a)
+    weights.load_backbone_weights(models.build_backbone("vit_nano", 4, 32), torch.load(full_out / "backbone.pt"))
 
 
 def test_dinov2_sinkhorn_under_two_process_torchrun(tmp_path, data_dir):

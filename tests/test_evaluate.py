@@ -1,6 +1,5 @@
 """Tests of the probe library in evaluate.py against independent references (numpy, brute force, by hand)."""
 
-import argparse
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import evaluate  # noqa: E402
 import probes  # noqa: E402
 import model as models  # noqa: E402
 import shards  # noqa: E402
+import weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -324,41 +324,6 @@ def model_cfg(arch, patch_size=16, crops=256):
     return cfg
 
 
-def test_torchvision_resnet50_with_rgb_conv1_and_module_prefix_loads():
-    rgb = models.resnet50(in_chans=3, generator=torch.Generator().manual_seed(1)).state_dict()
-    release = {f"module.{k}": v for k, v in rgb.items() if not k.endswith("num_batches_tracked")}
-    release.update({"module.fc.weight": torch.zeros(1000, 2048), "module.fc.bias": torch.zeros(1000)})
-    backbone, spec = evaluate.backbone_from_weights(release, model_cfg("resnet50"))
-    state = backbone.state_dict()
-    assert spec[0] == "resnet50" and backbone.conv1.weight.shape == (64, 1, 7, 7)
-    assert torch.equal(state["conv1.weight"], rgb["conv1.weight"].sum(1, keepdim=True))
-    assert torch.equal(state["layer4.2.bn3.running_var"], rgb["layer4.2.bn3.running_var"])
-    assert backbone.feature_dim() == 2048
-
-
-def test_dino_vit_checkpoint_with_teacher_backbone_prefixes_and_head_loads_at_its_own_grid():
-    rgb = models.vit("vit_nano", patch_size=8, img_size=32, in_chans=3, generator=torch.Generator().manual_seed(2))
-    teacher = {f"backbone.{k}": v for k, v in rgb.state_dict().items()}
-    teacher.update({"head.mlp.0.weight": torch.zeros(8, 96), "head.last_layer.weight_g": torch.ones(16, 1)})
-    student = {f"module.{k}": torch.zeros_like(v) for k, v in teacher.items()}
-    checkpoint = {"student": student, "teacher": teacher, "epoch": 3, "args": argparse.Namespace(arch="vit_small")}
-    backbone, spec = evaluate.backbone_from_weights(checkpoint, model_cfg("vit_nano", 8, crops=256))
-    assert spec == ("vit_nano", 8, 32)                      # built at the stored 4x4 grid, not at 256 px
-    assert torch.equal(backbone.pos_embed, rgb.pos_embed)   # teacher weights, not the zero student
-    assert torch.equal(backbone.patch_embed.proj.weight, rgb.patch_embed.proj.weight.sum(1, keepdim=True))
-
-
-def test_weights_of_another_architecture_fail_with_the_key_lists(tmp_path):
-    path = str(tmp_path / "resnet.pth")
-    torch.save({"conv1.weight": torch.zeros(64, 1, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, path)
-    with pytest.raises(evaluate.EvalError, match=r"resnet\.pth \(vit_nano\).*missing 54 \[blocks\.0\.attn.*"
-                                                 r"unexpected 2 \[conv1\.weight, layer1\.0\.conv1\.weight\]"):
-        evaluate.load_backbone(path, model_cfg("vit_nano", 8))
-    (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(evaluate.EvalError, match="not a readable torch checkpoint"):
-        evaluate.load_backbone(str(tmp_path / "junk.pt"), model_cfg("vit_nano", 8))
-
-
 # ------------------------------------------------------------------------------------------------- end to end
 
 def write_dataset(folder, images, **columns):
@@ -401,7 +366,7 @@ def tiny(tmp_path_factory):
 
 
 def test_a_pretrain_checkpoint_gives_its_teacher_backbone_in_the_saved_architecture(tiny):
-    backbone, spec = evaluate.load_backbone(str(tiny["root"] / "checkpoint.pt"), config.defaults())
+    backbone, spec, _ = weights.load_backbone(str(tiny["root"] / "checkpoint.pt"), config.defaults())
     assert spec == ("vit_nano", 8, 32)
     for key, value in tiny["teacher"].state_dict().items():
         assert torch.equal(backbone.state_dict()[key], value), key

@@ -48,6 +48,8 @@ def test_dynamic_mode_recurates_every_T_s_and_rebalances(tmp_path, archive):
     result = pretrain.train(cfg)
     done = curations(cfg["train"]["out"])
     assert sorted(done) == [2, 4]  # after T_w = 2 warm-up epochs, every T_s = 2 epochs
+    pictures = sorted(f for f in os.listdir(cfg["train"]["out"]) if f.endswith(".png"))
+    assert pictures == ["curation_e0002.png", "curation_e0004.png", "curves.png"]    # every run draws itself
     for info in done.values():
         assert info["n_pool"] == 300 and info["n_kept"] == 60  # exactly ceil(rho * N)
         assert info["clusters_kept"]["max"] < info["clusters_pool"]["max"]
