@@ -339,7 +339,10 @@ def test_collapse_warning_and_eval_hook(tmp_path, data_dir, one_thread, capsys, 
     epoch = [r for r in read_log(cfg["train"]["out"]) if r.get("event") == "epoch"]
     assert epoch[0]["warning"] == "collapse" and abs(epoch[0]["loss_norm"] - 1) < 0.01
     assert "collapsed" in capsys.readouterr().err
-    assert calls == [(96, data_dir, "cpu", True)] and epoch[0]["knn"] == {"top1": 0.5}
+    # the hook runs on the initial teacher (iteration 0: the curve's start) and after the epoch
+    assert calls == [(96, data_dir, "cpu", True)] * 2 and epoch[0]["knn"] == {"top1": 0.5}
+    start = [r for r in read_log(cfg["train"]["out"]) if r.get("event") == "eval"]
+    assert len(start) == 1 and start[0]["iteration"] == 0 and start[0]["knn"] == {"top1": 0.5}
     assert result["teacher"].backbone.training  # the hook's eval() is undone
 
 
