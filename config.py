@@ -470,7 +470,8 @@ def get(cfg, dotted):
 
 def check_inputs(cfg, keys):
     """Every `section.key: kind` of `keys` that is set must exist: kind "dataset" (a folder with manifest.json),
-    "folder" or "file". Raises ConfigError naming the key (exit 2) before a stage does any work."""
+    "folder", "file" or "weights" (a file, or a Hugging Face model folder: config.json + model.safetensors).
+    Raises ConfigError naming the key (exit 2) before a stage does any work."""
     for dotted, kind in keys.items():
         path = get(cfg, dotted)
         if not path:
@@ -479,6 +480,10 @@ def check_inputs(cfg, keys):
             raise ConfigError(f"config key '{dotted}': {path} does not exist")
         if kind == "file" and os.path.isdir(path):
             raise ConfigError(f"config key '{dotted}': {path} is a folder, expected a file")
+        if kind == "weights" and os.path.isdir(path) and not all(
+                os.path.isfile(os.path.join(path, name)) for name in ("config.json", "model.safetensors")):
+            raise ConfigError(f"config key '{dotted}': {path} is a folder but not a Hugging Face model folder "
+                              f"(config.json + model.safetensors); expected a weights file or such a folder")
         if kind in ("folder", "dataset") and not os.path.isdir(path):
             raise ConfigError(f"config key '{dotted}': {path} is a file, expected a folder")
         if kind == "dataset" and not os.path.isfile(os.path.join(path, "manifest.json")):

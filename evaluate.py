@@ -304,8 +304,7 @@ def run_evaluation(cfg):
     if not e["checkpoint"] and not os.path.isfile(ckpt):
         raise config.ConfigError(f"config key 'eval.checkpoint': not set, and train.out {run_out} holds neither "
                                  f"checkpoint.pt nor backbone.pt")
-    ckpt_kind = "folder" if os.path.isdir(ckpt) else "file"          # a folder: a Hugging Face model folder
-    config.check_inputs(cfg, {"eval.checkpoint": ckpt_kind, **{f"eval.{key}": "dataset" for key in tasks}})
+    config.check_inputs(cfg, {"eval.checkpoint": "weights", **{f"eval.{key}": "dataset" for key in tasks}})
     out = config.check_writable(e["out"] or os.path.join(run_out, "eval"), "eval.out" if e["out"] else "train.out")
     backbone, spec, loaded = weights.load_backbone(ckpt, cfg)
     head = weights.release_head(ckpt) if e["release_head"] else None

@@ -345,8 +345,7 @@ def curate_cli(cfg, load_backbone):
     if not p["checkpoint"]:
         raise config.ConfigError("config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt "
                                  "or backbone.pt>")
-    config.check_inputs(cfg, {"prune.checkpoint": "folder" if os.path.isdir(p["checkpoint"]) else "file",
-                              data_key: "dataset"})
+    config.check_inputs(cfg, {"prune.checkpoint": "weights", data_key: "dataset"})
     config.check_writable(out, out_key)
     dataset = shards.ShardDataset(config.get(cfg, data_key), verify=p["verify"])
     backbone, _, _ = load_backbone(p["checkpoint"], cfg)

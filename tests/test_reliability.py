@@ -114,7 +114,7 @@ def test_a_directory_as_config(tmp_path):
     ("pretrain.py", ["train.eval_every=1", "train.eval_data={t}/none"], "config key 'train.eval_data'"),
     ("evaluate.py", ["checkpoint={t}/none.pt"], "config key 'eval.checkpoint': {t}/none.pt does not exist"),
     ("evaluate.py", ["checkpoint={t}", "regression=", "classification={d}"], "config key 'eval.checkpoint': {t} is a "
-     "folder, expected a file"),
+     "folder but not a Hugging Face model folder"),
     ("evaluate.py", ["train.out={t}/empty_run"], "config key 'eval.checkpoint': not set, and train.out"),
     ("evaluate.py", ["checkpoint={b}", "classification={t}/none", "regression="], "config key 'eval.classification'"),
     ("prune.py", [], "config key 'prune.checkpoint'"),
