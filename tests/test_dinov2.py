@@ -3,10 +3,8 @@ Sinkhorn-Knopp against loop references; DINOv2-layout weights; dinov2 runs, resu
 
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,7 +20,8 @@ import dinov2  # noqa: E402
 import model as models  # noqa: E402
 import pretrain  # noqa: E402
 import weights  # noqa: E402
-from test_pretrain import ENV, make_dataset, read_log, run_pretrain, state_hash, write_config  # noqa: E402
+from test_pretrain import (ENV, kill_at_first_checkpoint, make_dataset, read_log, run_pretrain,  # noqa: E402
+                           state_hash, write_config)
 
 V2 = {"train__objective": "dinov2", "model__patch_size": 4}   # 32 px globals -> an 8 x 8 patch grid
 
@@ -199,16 +198,7 @@ def test_dinov2_run_resumes_bitwise_after_kill(tmp_path, data_dir):
     cut_cfg = write_config(tmp_path, data_dir, cut_out, train__checkpoint_iters=2, **extra)
     done = run_pretrain(full_cfg)
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), cut_cfg], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ckpt = cut_out / "checkpoint.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    ckpt = kill_at_first_checkpoint(cut_cfg, cut_out)
     assert 0 < torch.load(ckpt, weights_only=True)["iteration"] < 9
     resumed = run_pretrain(cut_cfg)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]

@@ -245,6 +245,21 @@ def run_pretrain(cfg_path, *extra):
                           capture_output=True, text=True, timeout=300)
 
 
+def kill_at_first_checkpoint(cfg_path, out):
+    """Start pretrain.py on cfg_path, SIGKILL it as soon as <out>/checkpoint.pt exists; returns that path."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), cfg_path], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    return ckpt
+
+
 def test_resume_after_kill_is_bitwise_exact_and_checkpoint_round_trips(tmp_path, data_dir):
     full_out, cut_out = tmp_path / "full", tmp_path / "cut"
     # 3 iterations per epoch; the interrupted run checkpoints every 2 iterations (mid-epoch) and at epoch ends.
@@ -253,16 +268,7 @@ def test_resume_after_kill_is_bitwise_exact_and_checkpoint_round_trips(tmp_path,
     done = run_pretrain(full_cfg)
     assert done.returncode == 0, done.stderr[-2000:]
 
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), cut_cfg], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ckpt = cut_out / "checkpoint.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    ckpt = kill_at_first_checkpoint(cut_cfg, cut_out)
     killed_at = torch.load(ckpt, weights_only=True)["iteration"]
     assert 0 < killed_at < 9
     resumed = run_pretrain(cut_cfg)

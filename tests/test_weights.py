@@ -22,6 +22,7 @@ import config  # noqa: E402
 import model as M  # noqa: E402
 import shards  # noqa: E402
 import weights  # noqa: E402
+from test_evaluate import write_dataset  # noqa: E402
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -407,17 +408,6 @@ def test_dino_head_last_layer_v_has_dinos_row_norm():
 
 
 # ------------------------------------------------------------------------------ the evaluate.py command
-
-def write_dataset(folder, images, **columns):
-    writer = shards.ShardWriter(str(folder), images.shape[-1], 50.0, samples_per_shard=64)
-    n_shards = (len(images) + 63) // 64
-    for k in range(n_shards):
-        part = slice(64 * k, 64 * (k + 1))
-        writer.write(k, images[part], shards.standard_meta(len(images[part]),
-                                                           **{c: v[part] for c, v in columns.items()}))
-    writer.finalize(n_shards)
-    return str(folder)
-
 
 def test_evaluate_cli_on_a_hf_folder_with_its_release_head(tmp_path, release_state):
     rng = np.random.default_rng(0)
