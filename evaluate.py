@@ -54,10 +54,8 @@ hand-crafted SAR statistics get). Where the regression set has a `wind_dir` colu
 (the 180° ambiguity), so report.json adds mae_axis_deg from probes on (cos 2θ, sin 2θ), in [0, 90] (chance 45).
 report.json adds per-class recall, confusions, bias, R² and n.
 
-The probes and the physics features live in probes.py, weight files -> backbones in weights.py. Here:
-extract_features(dataset, rows, {name: backbone}, device, physics=True), run_evaluation(cfg),
-and knn_eval(backbone, dataset_dir, device) -> {"knn_acc", "knn_balanced_acc", ...}, which pretrain.py calls
-every train.eval_every epochs.
+The probes, feature extraction and splits live in oceansar/probes.py, the physics features in
+oceansar/physics.py, weight files -> backbones in oceansar/weights.py; this script runs them and writes the report.
 """
 
 import os
@@ -66,86 +64,30 @@ import os
 # policy the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import json
-import math
-import sys
 import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-import config
-import intervals
-import model as models
-import probes
-import shards
-import weights
+from matplotlib.figure import Figure
+
+from oceansar import atomic
+from oceansar import config
+from oceansar import errors
+from oceansar import intervals
+from oceansar import model as models
+from oceansar import probes
+from oceansar import shards
+from oceansar import weights
 
 
-class EvalError(config.UserError, RuntimeError):
+class EvalError(errors.UserError, RuntimeError):
     """Missing or unusable input, reported by the CLI as one line (exit code 1)."""
 
 
 # --------------------------------------------------------------------------------------------------- features
 
-def incidence(dataset, rows):
-    """float32 [len(rows)] incidence angles (degrees); unknown ones get the dataset median (a neutral value)."""
-    inc = np.asarray(dataset.meta["incidence"], dtype=np.float32)
-    known = np.isfinite(inc)
-    return torch.from_numpy(np.where(known, inc, np.median(inc[known]) if known.any() else 0.0)[rows])
-
-
-def extract_features(dataset, rows, nets, device, batch_size=256, n_last_blocks=1, avgpool=False,
-                     physics=False, images=None, progress=True):
-    """{name: float32 [len(rows), d] on device} for each backbone of `nets`, plus "physics" if asked.
-
-    One pass: each batch is read once as raw dB (or taken from `images`, raw dB aligned with rows), normalised
-    with the dataset's mean/std for the networks and kept in dB for the physics features."""
-    device, rows = torch.device(device), np.asarray(rows, dtype=np.int64)
-    if physics:
-        inc = incidence(dataset, rows)
-    out = {name: [] for name in [*nets, *(["physics"] if physics else [])]}
-    for net in nets.values():
-        net.eval()
-    name = os.path.basename(os.path.normpath(dataset.folder))
-    with torch.inference_mode(), tqdm(total=len(rows), unit="img", desc=f"features {name}", mininterval=1.0,
-                                      disable=not progress) as bar:
-        for s in range(0, len(rows), batch_size):
-            raw = images[s:s + batch_size] if images is not None else \
-                torch.from_numpy(dataset.read_batch(rows[s:s + batch_size], raw=True))
-            raw = raw.to(device, non_blocking=True).float()
-            x = (raw - dataset.mean) / dataset.std
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                for key, net in nets.items():
-                    out[key].append(net.get_features(x, n_last_blocks=n_last_blocks, avgpool=avgpool).float())
-            if physics:
-                out["physics"].append(probes.physics_features(raw, dataset.pixel_spacing, inc[s:s + batch_size]))
-            bar.update(len(raw))
-    return {key: torch.cat(parts) for key, parts in out.items()}
-
-
 # ------------------------------------------------------------------------------------------------------ tasks
-
-def dataset_splits(meta, seed):
-    """The split column; empty entries are dealt train/val/test (seeded 80/5/15, stratified by class) and
-    a dataset without any val sample gives 1/16 of its train split (seeded, stratified) to val."""
-    split, cls = np.asarray(meta["split"]).astype("U16"), np.asarray(meta["class_idx"])
-    empty = np.flatnonzero(split == "")
-    if empty.size:
-        split[empty] = shards.stratified_split(cls[empty], seed)
-    if not (split == "val").any():
-        train = np.flatnonzero(split == "train")
-        split[train[shards.stratified_split(cls[train], seed + 1, (15 / 16, 1 / 16, 0.0)) == "val"]] = "val"
-    return split
-
-
-def class_names(meta, n_classes):
-    """Name of each class index (its first sample's class_name; 'class_<i>' when unnamed or absent)."""
-    cls, names = np.asarray(meta["class_idx"]), np.asarray(meta["class_name"])
-    first = [np.flatnonzero(cls == c)[:1] for c in range(n_classes)]          # a loop over classes
-    return [str(names[f[0]]) if f.size and names[f[0]] else f"class_{c}" for c, f in enumerate(first)]
-
 
 def model_groups(names):
     """Report rows -> the feature sets behind them: the random-init seeds ("random_init#<seed>") form one row."""
@@ -201,7 +143,7 @@ def _classification(report, feats, ds, rows, masks, e):
     cls = torch.from_numpy(ds.meta["class_idx"][rows].astype(np.int64))
     if not all(((cls >= 0) & m).any() for m in masks):
         raise EvalError(f"{ds.folder}: classification needs samples with class_idx >= 0 in train, val and test")
-    names = class_names(ds.meta, int(cls.max()) + 1)
+    names = probes.class_names(ds.meta, int(cls.max()) + 1)
     results = {}
     for name, X in feats.items():
         y = cls.to(X.device)
@@ -220,7 +162,7 @@ def _classification(report, feats, ds, rows, masks, e):
 
 def _regression(report, feats, ds, rows, masks, e, scatter):
     if e["probe_incidence"]:                 # the network rows' linear probes see the incidence too (physics has it)
-        inc = incidence(ds, rows)
+        inc = probes.incidence(ds, rows)
         extra = torch.stack([inc, inc ** 2], 1)
         feats = {name: X if name == "physics" else torch.cat([X, extra.to(X.device)], 1) for name, X in feats.items()}
     for target in ("wind", "hs"):
@@ -325,11 +267,11 @@ def run_evaluation(cfg):
     for key, path in tasks.items():
         if path not in cache:                # one feature pass per dataset, shared by its tasks
             ds = shards.ShardDataset(path, verify=e["verify"])
-            split, m = dataset_splits(ds.meta, e["split_seed"]), ds.meta
+            split, m = probes.dataset_splits(ds.meta, e["split_seed"]), ds.meta
             labelled = (m["class_idx"] >= 0) | np.isfinite(m["wind"]) | np.isfinite(m["hs"])
             rows = np.flatnonzero(labelled & np.isin(split, ("train", "val", "test")))
             masks = [torch.from_numpy(split[rows] == s) for s in ("train", "val", "test")]
-            cache[path] = ds, rows, masks, extract_features(ds, rows, nets, device, e["batch_size"],
+            cache[path] = ds, rows, masks, probes.extract_features(ds, rows, nets, device, e["batch_size"],
                                                             e["n_last_blocks"], e["avgpool"], physics=e["baselines"])
         ds, rows, masks, feats = cache[path]
         if key == "classification":
@@ -384,11 +326,12 @@ def markdown_table(report):
     return "\n".join(lines)
 
 
-def plot_confusion(plt, confusion, names, title):
+def plot_confusion(confusion, names, title):
     """Row-normalised confusion matrix (rows: true class) with class names and the fraction in each cell."""
     c = np.asarray(confusion, dtype=np.float64)
     c = c / np.maximum(c.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(2 + 0.7 * len(names), 1.5 + 0.6 * len(names)))
+    fig = Figure(figsize=(2 + 0.7 * len(names), 1.5 + 0.6 * len(names)))
+    ax = fig.subplots()
     fig.colorbar(ax.imshow(c, cmap="Blues", vmin=0, vmax=1), ax=ax, fraction=0.046)
     for i, j in zip(*np.nonzero(c >= 0.005)):
         ax.text(j, i, f"{c[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if c[i, j] > 0.5 else "k")
@@ -398,9 +341,10 @@ def plot_confusion(plt, confusion, names, title):
     return fig
 
 
-def plot_scatter(plt, series, label):
+def plot_scatter(series, label):
     """Predicted vs true (test split) for each name -> (true, pred) series, with the 1:1 line."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ends = []
     for (name, (y, p)), colour in zip(series.items(), ("tab:blue", "tab:orange")):
         y, p = y[torch.isfinite(y)], p[torch.isfinite(y)]
@@ -414,81 +358,31 @@ def plot_scatter(plt, series, label):
 
 def write_report(report, cfg, out, names, scatter):
     """report.json, report.md (printed too), the plots and config.yaml into `out`; returns the paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, "report.json"), os.path.join(out, "report.md")]
-    with open(paths[0], "w") as f:
-        json.dump(report, f, indent=1)
     table = markdown_table(report)
     print(table)
-    with open(paths[1], "w") as f:
-        f.write(f"Evaluation of `{report['checkpoint']}` ({report['arch']}, {report['feature_dim']} features)\n\n"
-                f"{table}\n")
+    paths = [atomic.write_json(report, os.path.join(out, "report.json")),
+             atomic.write_text(f"Evaluation of `{report['checkpoint']}` ({report['arch']}, {report['feature_dim']} "
+                               f"features)\n\n{table}\n", os.path.join(out, "report.md"))]
     figures = {}
     linear = report["results"]["pretrained"].get("classification", {}).get("linear")
     if linear:
-        figures["confusion.png"] = plot_confusion(plt, linear["confusion"], names,
+        figures["confusion.png"] = plot_confusion(linear["confusion"], names,
                                                   f"pretrained linear probe: accuracy {linear['accuracy']:.3f}")
     for target, label in (("wind", "wind speed (m/s)"), ("hs", "Hs (m)")):
         series = {k: v for k, v in scatter.get(target, {}).items() if k in ("pretrained", "physics")}
         if series:
-            figures[f"scatter_{target}.png"] = plot_scatter(plt, series, label)
+            figures[f"scatter_{target}.png"] = plot_scatter(series, label)
     for name, fig in figures.items():
-        paths.append(os.path.join(out, name))
         fig.tight_layout()
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(atomic.save_figure(fig, os.path.join(out, name), dpi=120))
     return paths + [config.save(cfg, out)]
 
 
-# ------------------------------------------------------------------------------------------ in-training kNN
-
-_KNN_CACHE = {}             # absolute dataset folder -> (dataset, rows, n_bank, labels, raw images or None)
-KNN_MIN_QUERIES = 100       # a val split smaller than this is too noisy: use test when it is larger
-KNN_CACHE_BYTES = 2 << 30   # keep the labelled images in memory (float16 dB) up to this size, else re-read
-
-
-def _knn_data(dataset_dir):
-    key = os.path.abspath(dataset_dir)
-    if key not in _KNN_CACHE:
-        ds = shards.ShardDataset(dataset_dir)
-        split, cls = dataset_splits(ds.meta, 0), ds.meta["class_idx"].astype(np.int64)
-        bank, val, test = (np.flatnonzero((cls >= 0) & (split == s)) for s in ("train", "val", "test"))
-        query = val if len(val) >= KNN_MIN_QUERIES or len(test) <= len(val) else test
-        if not len(bank) or not len(query):
-            raise EvalError(f"{dataset_dir}: kNN needs labelled samples in the train and val (or test) splits")
-        rows, images = np.concatenate([bank, query]), None
-        if rows.size * math.prod(ds.shape) * 2 <= KNN_CACHE_BYTES:
-            images = torch.cat([torch.from_numpy(ds.read_batch(rows[s:s + 1024], raw=True)).half()
-                                for s in range(0, len(rows), 1024)])
-            ds.release()
-        _KNN_CACHE[key] = (ds, rows, len(bank), torch.from_numpy(cls[rows]), images)
-    return _KNN_CACHE[key]
-
-
-def knn_eval(backbone, dataset_dir, device, k=20, temperature=0.07, batch_size=256):
-    """kNN (k, T) accuracy of the backbone's CLS / pooled features on a labelled dataset: the train split is
-    the bank, the val split the queries (test instead when val has < KNN_MIN_QUERIES samples and test more).
-    The dataset and its labelled images are cached per folder, so repeated calls only run the backbone."""
-    ds, rows, n_bank, labels, images = _knn_data(dataset_dir)
-    was_training = backbone.training
-    X = extract_features(ds, rows, {"x": backbone}, device, batch_size, images=images, progress=False)["x"]
-    backbone.train(was_training)
-    y, n_classes = labels.to(X.device), int(labels.max()) + 1
-    pred = probes.knn_classify(X[:n_bank], y[:n_bank], X[n_bank:], n_classes, k, temperature).argmax(1)
-    m = probes.classification_metrics(y[n_bank:], pred, n_classes)
-    return {"knn_acc": m["accuracy"], "knn_balanced_acc": m["balanced_accuracy"], "knn_macro_f1": m["macro_f1"],
-            "knn_queries": m["n"]}
-
-
-def main(argv=None):
-    cfg = config.load_or_exit(sys.argv[1:] if argv is None else argv, stage="eval")
+def run(argv):
+    cfg = config.load(argv, stage="eval")
     config.show(cfg, ["model", "eval"])
-    with config.user_errors():               # bad input: one line, no traceback; a bug keeps its traceback
-        run_evaluation(cfg)
+    return run_evaluation(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    errors.main(run)

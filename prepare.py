@@ -40,14 +40,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import hashlib
 import json
 import multiprocessing as mp
-import sys
 
 import numpy as np
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
-import config
-import shards
-import synthetic
+from oceansar import atomic
+from oceansar import config
+from oceansar import errors
+from oceansar import ocn
+from oceansar import sentinel1
+from oceansar import shards
+from oceansar import synthetic
 
 EVAL_SEED_OFFSETS = {"archive": 0, "tengeop": 1_000_003, "regression": 2_000_029}  # disjoint synthetic seeds
 # data.* keys that change what a shard holds; workers, montage, strict and the folders themselves do not.
@@ -80,9 +84,7 @@ def record_inputs(folder, d, name, listing):
                 f"folder to start over, or choose another data.root")
         return
     os.makedirs(folder, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"sha256": digest, "files": len(listing), "keys": {k: d[k] for k in OUTPUT_KEYS}}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic.write_json({"sha256": digest, "files": len(listing), "keys": {k: d[k] for k in OUTPUT_KEYS}}, path)
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -143,16 +145,13 @@ def add_split_column(writer, num_shards, seed, fractions):
         n = len(m["class_idx"])
         m["split"] = split[offset:offset + n]
         offset += n
-        path = writer.paths(k)[1]
-        with open(path + ".tmp", "wb") as f:
+        with atomic.open_atomic(writer.paths(k)[1], "wb") as f:
             np.savez(f, **m)
-        os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------------------------------ real data
 def real_shard_job(job):
     """Read the items of one shard, skipping unreadable ones; write the shard and its failure list."""
-    import sentinel1
     folder, k, items, d, labels = job
     images, rows, failures = [], [], []
     for item in items:
@@ -173,9 +172,7 @@ def real_shard_job(job):
         rows.append(meta)
     writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], d["samples_per_shard"])
     # The failure list is written before the shard, so a complete shard always has its failures on disk.
-    with open(failures_path(folder, k) + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in failures)
-    os.replace(failures_path(folder, k) + ".tmp", failures_path(folder, k))
+    atomic.write_text("".join(json.dumps(r) + "\n" for r in failures), failures_path(folder, k))
     columns = {name: [r[name] for r in rows] for name in (rows[0] if rows else {})}
     size = d["image_size"]
     writer.write(k, np.stack(images) if images else np.zeros((0, size, size), np.float32),
@@ -203,47 +200,47 @@ def failures_path(folder, k):
 
 
 def prepare_real(cfg):
-    import sentinel1
+    """List data.input, join the OCN labels, read every imagette into shards (skipping and listing failures)."""
     d = cfg["data"]
-    name = "tengeop" if d["source"] == "tengeop" else "archive"
+    name = sentinel1.SOURCES[d["source"]].dataset
     folder = os.path.join(d["root"], name)
-    try:
-        items = sentinel1.list_inputs(d)
-        labels, label_failures = sentinel1.load_labels(d)
-    except ValueError as e:
-        fail(str(e))
-    if not items:
-        fail(f"no {d['source']} inputs found under {d['input']}")
+    items = sentinel1.list_inputs(d)
+    labels, label_failures = ocn.load_labels(d)
     items, duplicates = drop_duplicate_ids(items)
     if duplicates and d["strict"]:
-        fail(f"--strict: {duplicates[0]['file']}: {duplicates[0]['reason']}")
+        raise errors.UserError(f"--strict: {duplicates[0]['file']}: {duplicates[0]['reason']}")
     if label_failures and d["strict"]:
-        fail(f"{label_failures[0][0]}: {label_failures[0][1]}")
-    sps = d["samples_per_shard"]
+        raise errors.UserError(f"{label_failures[0][0]}: {label_failures[0][1]}")
     inputs = [(os.path.relpath(it["path"], d["input"]), it.get("member", ""), os.path.getsize(it["path"])
                if os.path.isfile(it["path"]) else -1) for it in items]
     record_inputs(folder, d, name, inputs + [("ocn_dir", *f) for f in listing_of(d["ocn_dir"])])
-    writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], sps)
-    num_shards = -(-len(items) // sps)
-    jobs = [(folder, k, items[k * sps:(k + 1) * sps], d, labels)
-            for k in range(num_shards) if not writer.is_complete(k)]
-    for result in run_jobs(real_shard_job, jobs, d["workers"], total=sum(len(j[2]) for j in jobs), desc=name,
-                           unit_of=lambda r: 0 if isinstance(r, dict) else r):
-        if isinstance(result, dict):
-            fail(f"--strict: {result['fatal']}")
+    num_shards = read_real_shards(folder, items, d, labels)
     item_failures = []
     for k in range(num_shards):
         with open(failures_path(folder, k)) as f:
             item_failures += [json.loads(line) for line in f]
     failures = [{"file": f, "reason": r} for f, r in label_failures] + duplicates + item_failures
-    with open(os.path.join(folder, "failures.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in failures)
+    atomic.write_text("".join(json.dumps(r) + "\n" for r in failures), os.path.join(folder, "failures.jsonl"))
     ok = len(items) - len(item_failures)
     print(f"{ok} ok, {len(failures)} failed" + (f" (listed in {folder}/failures.jsonl)" if failures else ""))
     if ok == 0:
-        fail("no input could be read")
-    manifest = writer.finalize(num_shards, extra={"source": d["source"], "name": name})
-    finish_dataset(cfg, folder, manifest)
+        raise errors.UserError("no input could be read")
+    writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], d["samples_per_shard"])
+    finish_dataset(cfg, folder, writer.finalize(num_shards, extra={"source": d["source"], "name": name}))
+
+
+def read_real_shards(folder, items, d, labels):
+    """Read the shards that are not complete yet (in data.workers processes); returns the shard count."""
+    sps = d["samples_per_shard"]
+    writer = shards.ShardWriter(folder, d["image_size"], d["pixel_spacing"], sps)
+    num_shards = -(-len(items) // sps)
+    jobs = [(folder, k, items[k * sps:(k + 1) * sps], d, labels)
+            for k in range(num_shards) if not writer.is_complete(k)]
+    for result in run_jobs(real_shard_job, jobs, d["workers"], total=sum(len(j[2]) for j in jobs), desc=os.path.basename(folder),
+                           unit_of=lambda r: 0 if isinstance(r, dict) else r):
+        if isinstance(result, dict):
+            raise errors.UserError(f"--strict: {result['fatal']}")
+    return num_shards
 
 
 # ------------------------------------------------------------------------------------------------ common
@@ -290,9 +287,6 @@ def finish_dataset(cfg, folder, manifest):
 
 def write_montage(ds, path, seed=0, per_row=8):
     """PNG grid of random imagettes: one row per class (or random rows without labels), each stretched 2-98 %."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rng = np.random.default_rng(seed)
     labels = ds.meta["class_idx"]
     classes = [c for c in np.unique(labels) if c >= 0] or [None]
@@ -305,7 +299,8 @@ def write_montage(ds, path, seed=0, per_row=8):
     if classes == [None]:
         rows = [("random imagettes", np.sort(rng.choice(len(ds), size=min(per_row, len(ds)), replace=False)))
                 for _ in range(min(4, -(-len(ds) // per_row)))]
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.6 * per_row, 1.7 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.6 * per_row, 1.7 * len(rows)))
+    axes = fig.subplots(len(rows), per_row, squeeze=False)
     for r, (title, idx) in enumerate(rows):
         images = ds.read_batch(idx, raw=True)[:, 0]
         for col, ax in enumerate(axes[r]):
@@ -318,31 +313,23 @@ def write_montage(ds, path, seed=0, per_row=8):
     fig.suptitle(f"{os.path.basename(os.path.dirname(path) or '.')}: {spacing:.1f} km imagettes, dB, 2-98 % stretch",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic.save_figure(fig, path, dpi=110)
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def main(argv):
-    cfg = config.load_or_exit(argv, stage="data")
+def run(argv):
+    cfg = config.load(argv, stage="data")
     config.show(cfg, ["data"])
     d = cfg["data"]
-    with config.user_errors():
-        if d["source"] != "synthetic" and not d["input"]:
-            raise config.ConfigError(f"config key 'data.input': source '{d['source']}' needs an input folder")
-        if d["source"] != "synthetic":
-            config.check_inputs(cfg, {"data.input": "folder", "data.ocn_dir": "folder"})
-        config.check_writable(d["root"], "data.root")
-        if d["source"] == "synthetic":
-            prepare_synthetic(cfg)
-        else:
-            prepare_real(cfg)
+    if d["source"] != "synthetic" and not d["input"]:
+        raise config.ConfigError(f"config key 'data.input': source '{d['source']}' needs an input folder")
+    if d["source"] != "synthetic":
+        config.check_inputs(cfg, {"data.input": "folder", "data.ocn_dir": "folder"})
+    config.check_writable(d["root"], "data.root")
+    if d["source"] == "synthetic":
+        prepare_synthetic(cfg)
+    else:
+        prepare_real(cfg)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    errors.main(run)

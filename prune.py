@@ -13,8 +13,11 @@ uniform, eta > 0 favours atypical images, eta < 0 prototypes. Every random draw 
 every rank returns the identical sorted index list. Vectorised over clusters (segment sorts); the only Python
 loop is over hierarchy levels.
 
-Used by pretrain.py (prune.mode=static|dynamic) through `rebalance(backbone, dataset, cfg, epoch, device)`, and
-from the command line to curate any prepared dataset with any checkpoint:
+The policy (prune.mode none|static|dynamic, prune.warmup_epochs, prune.every) is `Pruner`: pretrain.py asks it
+once per epoch for that epoch's subset, `Pruner(cfg).indices(epoch, backbone, dataset)`, and saves its
+`state_dict()` in every checkpoint. One curation with a model is `curate(backbone, dataset, cfg, epoch)`; on
+features alone `cluster_and_sample(features, target, options, eta, generator)`. The same curation runs from the
+command line on any prepared dataset with any checkpoint:
 
     python prune.py configs/demo.yaml checkpoint=runs/demo/checkpoint.pt out=runs/demo/curation
     python prune.py configs/oceansar1.yaml checkpoint=runs/oceansar1/backbone.pt data=data/s1wv/archive --verify
@@ -24,9 +27,9 @@ assignments.npy ([2, |P|]: pool dataset index, leaf cluster), diagnostics.json (
 kept, class histogram and top-class share, mean wind / Hs / incidence pool vs kept), clusters.png (random clusters
 as rows x random members) and cluster_sizes.png (leaf sizes before and after balancing), config.yaml.
 Before any work it checks that prune.checkpoint and the dataset exist and the output folder is writable (exit 2
-naming the key); --verify hashes every shard first; a corrupt shard or checkpoint is one line (exit 1). Inside
-pretrain.py, curation_montage writes <train.out>/curation_e<NNNN>.png (random clusters x kept members) at every
-curation, at most MAX_CURATION_MONTAGES per run (evenly spread over a dynamic run).
+naming the key); --verify hashes every shard first; a corrupt shard or checkpoint is one line (exit 1). In
+training, every curation draws <train.out>/curation_e<NNNN>.png (random clusters x kept members), at most
+MAX_CURATION_MONTAGES per run (evenly spread over a dynamic run).
 
 Edge cases: fewer pool images than clusters reduces k (warning); duplicates are fine; non-finite features stop
 with a ValueError naming how many rows; a target larger than the pool keeps the whole pool (warning); k = 1
@@ -39,23 +42,82 @@ import os
 # policy the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
-import config
-import shards
-from kmeans import (DEFAULT_MEM_BYTES, all_gather_rows, assign_prepared, check_features, fit_prepared_hierarchy,
-                    layout, make_generator, owned_rows, prepare_points, rank_in_segment)
+from oceansar import atomic
+from oceansar import config
+from oceansar import curation_plots
+from oceansar import distributed
+from oceansar import errors
+from oceansar import kmeans
+from oceansar import shards
+from oceansar import streams
+from oceansar import weights
+from oceansar.epochs import pool_size, subset_size
+from oceansar.kmeans import rank_in_segment
+
+MAX_CURATION_MONTAGES = 12   # curation_e<NNNN>.png files a training run writes at most (evenly spread)
+
+
+# ----------------------------------------------------------------------------- the policy
+
+class Pruner:
+    """Which images of the archive each epoch trains on (prune.mode).
+
+    none: a fresh uniform random subset every epoch. static: uniform for prune.warmup_epochs, then one curation
+    kept to the end. dynamic: uniform in warm-up, then a re-curation every prune.every epochs with the current
+    teacher's own features. Every subset has subset_size(rho, N) images, so the modes differ only in which ones.
+    The state (the curated indices, the epoch they were drawn at, the leaf centroids and the diagnostics) is
+    tensors and plain data, saved in every checkpoint, so a resumed run continues the same curation."""
+
+    def __init__(self, cfg):
+        self.cfg, self.p, self.state = cfg, cfg["prune"], {}
+
+    def state_dict(self):
+        return dict(self.state)
+
+    def load_state_dict(self, state):
+        self.state = dict(state)
+
+    def uniform(self, epoch):
+        return self.p["mode"] == "none" or epoch < self.p["warmup_epochs"]
+
+    def curates(self, epoch):
+        """Whether `epoch` starts with a curation."""
+        p = self.p
+        return not self.uniform(epoch) and (
+            "indices" not in self.state or (p["mode"] == "dynamic" and (epoch - p["warmup_epochs"]) % p["every"] == 0))
+
+    def indices(self, epoch, backbone, dataset):
+        """(the epoch's subset as sorted int64 dataset indices, identical on every rank; the diagnostics of the
+        curation it ran, or None). backbone: the teacher's, used only when this epoch curates."""
+        if self.uniform(epoch):
+            return uniform_subset(len(dataset), self.p["rho"], self.cfg["train"]["seed"], epoch), None
+        if not self.curates(epoch):
+            return self.state["indices"].numpy(), None
+        indices, info, pool, clusters = curate(backbone, dataset, self.cfg, epoch)
+        if distributed.is_main():
+            curation_montage(dataset, pool, clusters.leaf.numpy(), indices, self.cfg, epoch)
+        self.state = {"indices": torch.from_numpy(indices), "epoch": epoch, "centroids": clusters.centroids,
+                      "info": info}
+        return indices, info
+
+    def curation_info(self, epoch):
+        """The diagnostics of the curation drawn at `epoch`, if any (a run resumed inside it logs them again)."""
+        return self.state.get("info") if self.state.get("epoch") == epoch else None
+
+
+def uniform_subset(n, rho, seed, epoch):
+    """A uniform random subset_size(rho, n) of range(n), sorted, from a (seed, epoch) generator."""
+    rng = np.random.default_rng([seed, epoch, streams.SUBSET])
+    return np.sort(rng.choice(n, size=subset_size(rho, n), replace=False)).astype(np.int64)
 
 
 @dataclass
@@ -91,24 +153,24 @@ def waterfill(sizes: torch.Tensor, parent: torch.Tensor, quota: torch.Tensor, ge
     return give + (larger & (rank_in_segment(parent, key, n_par) < rest[parent])).long()
 
 
-def _eta_keys(leaf, dist, eta, k, generator):
+def _eta_keys(leaf, distance, eta, k, generator):
     """Gumbel-top-k keys: log w_i + Gumbel noise, w_i = (d_i / mean d of i's cluster)**eta."""
     u = torch.rand(len(leaf), generator=generator, dtype=torch.float64).clamp_(1e-300, 1 - 1e-16)
     gumbel = -torch.log(-torch.log(u))
     if eta == 0:
         return gumbel
-    d = dist.double()
+    d = distance.double()
     mean = torch.zeros(k, dtype=torch.float64).index_add_(0, leaf, d) / torch.bincount(leaf, minlength=k).clamp_min(1)
     ratio = torch.where(mean[leaf] > 0, d / mean[leaf], torch.ones_like(d))  # a cluster of duplicates: uniform
     return eta * torch.log(ratio.clamp_min(1e-12)) + gumbel
 
 
-def balanced_sample(leaf, dist, target: int, *, k, parents=(), eta: float = 0.0,
+def balanced_sample(leaf, distance, target: int, *, k, parents=(), eta: float = 0.0,
                     generator: torch.Generator) -> np.ndarray:
     """Sorted int64 positions of `target` pool points, balanced top-down over the hierarchy (see manual).
-    leaf: leaf cluster of every pool point; dist: its distance to the leaf centroid; k: clusters per level
+    leaf: leaf cluster of every pool point; distance: its distance to the leaf centroid; k: clusters per level
     (finest first); parents: Hierarchy.parents (empty for a flat clustering)."""
-    leaf, dist = torch.as_tensor(leaf).long().cpu(), torch.as_tensor(dist).cpu()
+    leaf, distance = torch.as_tensor(leaf).long().cpu(), torch.as_tensor(distance).cpu()
     k = [int(v) for v in (k if isinstance(k, (list, tuple)) else [k])]
     if len(parents) != len(k) - 1:
         raise ValueError(f"balanced_sample: {len(k)} levels need {len(k) - 1} parent arrays, got {len(parents)}")
@@ -126,7 +188,7 @@ def balanced_sample(leaf, dist, target: int, *, k, parents=(), eta: float = 0.0,
     quota = waterfill(sizes[-1], torch.zeros(k[-1], dtype=torch.int64), torch.tensor([target]), generator)
     for level in reversed(range(len(parents))):
         quota = waterfill(sizes[level], parents[level], quota, generator)
-    rank = rank_in_segment(leaf, -_eta_keys(leaf, dist, float(eta), k[0], generator), k[0])
+    rank = rank_in_segment(leaf, -_eta_keys(leaf, distance, float(eta), k[0], generator), k[0])
     return (rank < quota[leaf]).nonzero().squeeze(1).numpy().astype(np.int64)
 
 
@@ -171,43 +233,34 @@ def diagnostics(leaf, kept, n_clusters: int, labels=None, meta=None, columns=("w
     return out
 
 
-# ----------------------------------------------------------------------------- the whole curation
+# ----------------------------------------------------------------------------- one curation
 
-def curate(features: torch.Tensor, target: int, *, levels, generator: torch.Generator, eta: float = 0.0,
-           kmeans_sample=None, n_iter: int = 20, resample_steps=1, sample_size=None, sample_rule: str = "closest",
-           metric: str = "cosine", init: str = "kmeans++", init_candidates=None, init_sample_factor=None,
-           mem_bytes: int = DEFAULT_MEM_BYTES, labels=None, meta=None, distributed=None):
-    """Fit the hierarchy on a random `kmeans_sample` of the pool (None: all), assign the whole pool to leaves,
-    draw `target` points. features: this rank's contiguous block of the pool. Returns (sorted int64 pool
-    positions, identical on every rank; diagnostics dict; Clusters: leaf centroids and the pool's leaf labels).
-    labels / meta: whole-pool arrays for diagnostics."""
-    check_features(features, "curate features", distributed)
-    x = prepare_points(features, metric)
-    lay = layout(len(x), x.device, distributed)
-    fit = x
-    if kmeans_sample is not None and kmeans_sample < lay.n_total:
-        chosen = torch.randperm(lay.n_total, generator=generator)[:kmeans_sample].sort().values
-        fit = x[owned_rows(chosen.to(x.device), lay, len(x))]
-    hier = fit_prepared_hierarchy(fit, levels, generator=generator, n_iter=n_iter, resample_steps=resample_steps,
-                          sample_size=sample_size, sample_rule=sample_rule, metric=metric, init=init,
-                          init_candidates=init_candidates, init_sample_factor=init_sample_factor,
-                          mem_bytes=mem_bytes, distributed=lay.on)
-    leaf, d = assign_prepared(x, hier.centroids[0], mem_bytes)
-    leaf, d = all_gather_rows(leaf, lay.on).cpu(), all_gather_rows(d, lay.on).cpu()
-    kept = balanced_sample(leaf, d, target, k=hier.k, parents=hier.parents, eta=eta, generator=generator)
+def kmeans_options(p):
+    """The prune.* keys that reach k-means."""
+    return kmeans.Options(levels=tuple(p["levels"]), n_iter=p["iters"], resample_steps=p["resample_steps"],
+                          sample_size=p["resample_size"], sample_rule=p["resample_rule"], metric=p["metric"],
+                          init=p["init"], init_sample_factor=p["init_sample_factor"], fit_sample=p["kmeans_sample"],
+                          mem_bytes=p["memory_mb"] << 20)
+
+
+def cluster_and_sample(features, target, options, eta, generator, labels=None, meta=None):
+    """Cluster the pool hierarchically and draw `target` points balanced over the clusters.
+
+    features: this rank's contiguous block of the pool. Returns (sorted int64 pool positions, identical on every
+    rank; diagnostics dict; Clusters). labels / meta: whole-pool arrays for the diagnostics."""
+    hier, leaf, distance, fitted = kmeans.fit_and_assign(features, options, generator)
+    kept = balanced_sample(leaf, distance, target, k=hier.k, parents=hier.parents, eta=eta, generator=generator)
     info = diagnostics(leaf.numpy(), kept, hier.k[0], labels, meta)
     info["levels"] = hier.k
-    info["fit_points"] = min(lay.n_total, kmeans_sample or lay.n_total)
+    info["fit_points"] = fitted
     return kept, info, Clusters(hier.centroids[0].cpu(), leaf)
 
-
-# ----------------------------------------------------------------------------- with a model: pretrain.py and the CLI
 
 def embed_pool(backbone, dataset, pool, batch_size, device):
     """CLS (ViT) or pooled (ResNet) features of the images at `pool`, this rank's contiguous block of it.
 
     One centre view (the whole imagette, no augmentation), inference mode, bf16 autocast on CUDA only."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = distributed.rank_world()
     mine = np.array_split(pool, world)[rank]
     was_training = backbone.training
     backbone.eval()
@@ -223,147 +276,44 @@ def embed_pool(backbone, dataset, pool, batch_size, device):
     return torch.cat(feats) if feats else torch.empty(0, dim, device=device)
 
 
-def pool_size(p, n):
-    """Images embedded at one curation: prune.pool_size when set, else ceil(pool_fraction * N); never fewer than
-    the kept ceil(rho * N) (a smaller pool could not fill the kept set), never more than N."""
-    size = p["pool_size"] if p["pool_size"] is not None else math.ceil(p["pool_fraction"] * n - 1e-9)
-    return int(min(n, max(size, math.ceil(p["rho"] * n - 1e-9))))
-
-
-def rebalance(backbone, dataset, cfg, epoch, device):
+def curate(backbone, dataset, cfg, epoch):
     """Re-curate the training set with the model's own features: embed a uniform random pool of the archive
-    with `backbone`, cluster it hierarchically, draw a cluster-balanced ceil(rho * N) subset.
+    with `backbone`, cluster it hierarchically, draw a cluster-balanced subset_size(rho, N) subset.
 
     Returns (indices, diagnostics, pool, clusters): the kept dataset indices (sorted int64, identical on every
     rank), a JSON-ready diagnostics dict for the log, the pool's dataset indices and its Clusters."""
-    p = cfg["prune"]
-    device = torch.device(device)
-    n = len(dataset)
-    g = make_generator(cfg["train"]["seed"], epoch)
+    p, n = cfg["prune"], len(dataset)
+    device = next(backbone.parameters()).device
+    g = kmeans.make_generator(cfg["train"]["seed"], epoch)
     pool = np.arange(n)
-    size = pool_size(p, n)
-    if size < n:
-        pool = np.sort(torch.randperm(n, generator=g)[:size].numpy())
+    if pool_size(p, n) < n:
+        pool = np.sort(torch.randperm(n, generator=g)[:pool_size(p, n)].numpy())
     start = time.perf_counter()
     features = embed_pool(backbone, dataset, pool, p["batch_size"], device)
     embed_s = time.perf_counter() - start
     meta = {col: dataset.meta[col][pool] for col in ("wind", "hs", "incidence") if col in dataset.meta}
-    kept, info, clusters = curate(features, math.ceil(p["rho"] * n), levels=p["levels"], generator=g,
-                                  eta=p["eta"], kmeans_sample=p["kmeans_sample"], n_iter=p["iters"],
-                                  resample_steps=p["resample_steps"], sample_size=p["resample_size"],
-                                  sample_rule=p["resample_rule"], metric=p["metric"], init=p["init"],
-                                  init_sample_factor=p["init_sample_factor"],
-                                  mem_bytes=p["memory_mb"] << 20, labels=dataset.meta["class_idx"][pool], meta=meta)
+    kept, info, clusters = cluster_and_sample(features, subset_size(p["rho"], n), kmeans_options(p), p["eta"], g,
+                                              labels=dataset.meta["class_idx"][pool], meta=meta)
     info.update(epoch=epoch, embed_s=embed_s, cluster_s=time.perf_counter() - start - embed_s,
                 pool_fraction=len(pool) / n)
     return np.sort(pool[kept]).astype(np.int64), info, pool, clusters
 
 
-# ----------------------------------------------------------------------------- the offline curation CLI
-
-MAX_CURATION_MONTAGES = 12   # curation_e<NNNN>.png files a training run writes at most (evenly spread)
-
-
-def montage(dataset, pool, leaf, kept, n_clusters, seed, from_kept=False, rows=8, per_row=10):
-    """A Figure of random clusters (rows) x random members (from the kept pool positions when from_kept),
-    each row titled with the cluster's pool size and how many of it were kept."""
-    rng = np.random.default_rng(seed)
-    sizes = np.bincount(leaf, minlength=n_clusters)
-    kept_sizes = np.bincount(leaf[kept], minlength=n_clusters)
-    candidates = np.flatnonzero((kept_sizes if from_kept else sizes) > 0)
-    chosen = np.sort(rng.choice(candidates, size=min(rows, len(candidates)), replace=False))
-    fig = Figure(figsize=(1.4 * per_row, 1.5 * max(len(chosen), 1)), layout="constrained")
-    axes = fig.subplots(max(len(chosen), 1), per_row, squeeze=False)
-    in_kept = np.zeros(len(leaf), dtype=bool)
-    in_kept[kept] = True
-    for ax in axes.ravel():
-        ax.axis("off")
-    for r, c in enumerate(chosen):
-        members = np.flatnonzero((leaf == c) & (in_kept if from_kept else True))
-        pick = np.sort(rng.choice(members, size=min(per_row, len(members)), replace=False))
-        images = dataset.read_batch(pool[pick], raw=True)[:, 0]
-        for ax, image in zip(axes[r], images):
-            lo, hi = np.percentile(image, [2, 98])
-            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
-        axes[r][0].set_title(f"cluster {c}: {sizes[c]} images, {kept_sizes[c]} kept", fontsize=8, loc="left")
-    return fig
-
-
-def cluster_pictures(dataset, pool, leaf, kept, n_clusters, out, seed, rows=8, per_row=10):
-    """clusters.png: random clusters (rows) x random members; cluster_sizes.png: sizes before/after balancing."""
-    montage(dataset, pool, leaf, kept, n_clusters, seed, rows=rows, per_row=per_row).savefig(
-        os.path.join(out, "clusters.png"), dpi=100)
-    fig = Figure(figsize=(7, 3.8), layout="constrained")
-    ax = fig.subplots()
-    sizes = np.bincount(leaf, minlength=n_clusters)
-    order = np.argsort(-sizes)
-    ax.bar(np.arange(n_clusters), sizes[order], width=1.0, color="0.7", label="pool")
-    ax.bar(np.arange(n_clusters), np.bincount(leaf[kept], minlength=n_clusters)[order], width=1.0,
-           color="tab:blue", label="kept (balanced)")
-    ax.set_xlabel("leaf cluster, largest first")
-    ax.set_ylabel("images")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.savefig(os.path.join(out, "cluster_sizes.png"), dpi=110)
-
-
 def curation_montage(dataset, pool, leaf, indices, cfg, epoch):
-    """In training (rank 0): <train.out>/curation_e<epoch>.png, the kept set of this curation by cluster.
+    """In training (rank 0 calls it): <train.out>/curation_e<epoch>.png, the kept set of this curation by cluster.
 
     Every curation of a static run and at most MAX_CURATION_MONTAGES of a dynamic one, evenly spread over the
     run and always the first. Returns the path, or None when this curation is not drawn."""
     p, t = cfg["prune"], cfg["train"]
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return None
     n_curations = len(range(p["warmup_epochs"], t["epochs"], p["every"])) if p["mode"] == "dynamic" else 1
     stride = math.ceil(n_curations / MAX_CURATION_MONTAGES)
     if p["mode"] == "dynamic" and ((epoch - p["warmup_epochs"]) // p["every"]) % stride:
         return None
     kept = np.flatnonzero(np.isin(pool, indices))
-    fig = montage(dataset, pool, leaf, kept, int(leaf.max()) + 1, [t["seed"], epoch], from_kept=True)
+    fig = curation_plots.montage(dataset, pool, leaf, kept, int(leaf.max()) + 1, [t["seed"], epoch], from_kept=True)
     fig.suptitle(f"epoch {epoch}: the curated subset ({len(indices)} images), random clusters x kept members",
                  fontsize=10)
-    path = os.path.join(t["out"], f"curation_e{epoch:04d}.png")
-    fig.savefig(path + ".tmp", format="png", dpi=80)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def main(argv):
-    import weights
-    cfg = config.load_or_exit(argv, stage="prune")
-    config.show(cfg, ["prune"])
-    with config.user_errors():  # a bad path, a corrupt shard or checkpoint: one line; a bug keeps its traceback
-        curate_cli(cfg, weights.load_backbone)
-
-
-def curate_cli(cfg, load_backbone):
-    """The CLI's work; every input and the output folder are checked before anything is computed."""
-    p = cfg["prune"]
-    data_key, out_key = "prune.data" if p["data"] else "train.data", "prune.out" if p["out"] else "train.out"
-    out = p["out"] or os.path.join(cfg["train"]["out"], "curation")
-    if not p["checkpoint"]:
-        raise config.ConfigError("config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt "
-                                 "or backbone.pt>")
-    config.check_inputs(cfg, {"prune.checkpoint": "weights", data_key: "dataset"})
-    config.check_writable(out, out_key)
-    dataset = shards.ShardDataset(config.get(cfg, data_key), verify=p["verify"])
-    backbone, _, _ = load_backbone(p["checkpoint"], cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone.to(device)
-    indices, info, pool, clusters = rebalance(backbone, dataset, cfg, epoch=0, device=device)
-    os.makedirs(out, exist_ok=True)
-    leaf = clusters.leaf.numpy()
-    np.save(os.path.join(out, "indices.npy"), indices)
-    np.save(os.path.join(out, "assignments.npy"), np.stack([pool, leaf]))
-    with open(os.path.join(out, "diagnostics.json"), "w") as f:
-        json.dump(info, f, indent=1)
-    kept = np.flatnonzero(np.isin(pool, indices))
-    cluster_pictures(dataset, pool, leaf, kept, info["clusters_pool"]["k"], out, cfg["train"]["seed"])
-    config.save(cfg, out)
-    print(curation_line(info))
-    print(f"wrote {out}/: indices.npy ({len(indices)} of {len(dataset)}), assignments.npy, diagnostics.json, "
-          f"clusters.png, cluster_sizes.png")
+    return atomic.save_figure(fig, os.path.join(t["out"], f"curation_e{epoch:04d}.png"), dpi=80)
 
 
 def curation_line(info):
@@ -378,5 +328,43 @@ def curation_line(info):
     return line
 
 
+
+# ----------------------------------------------------------------------------- the offline curation CLI
+
+def check_cli_inputs(cfg):
+    """(dataset key, output folder): every input and the output folder are checked before any work."""
+    p = cfg["prune"]
+    data_key, out_key = "prune.data" if p["data"] else "train.data", "prune.out" if p["out"] else "train.out"
+    out = p["out"] or os.path.join(cfg["train"]["out"], "curation")
+    if not p["checkpoint"]:
+        raise config.ConfigError("config key 'prune.checkpoint': the curation CLI needs checkpoint=<checkpoint.pt "
+                                 "or backbone.pt>")
+    config.check_inputs(cfg, {"prune.checkpoint": "weights", data_key: "dataset"})
+    return data_key, config.check_writable(out, out_key)
+
+
+def run(argv):
+    """The CLI: curate config.get(cfg, data_key) with prune.checkpoint's backbone and write the outputs."""
+    cfg = config.load(argv, stage="prune")
+    config.show(cfg, ["prune"])
+    data_key, out = check_cli_inputs(cfg)
+    dataset = shards.ShardDataset(config.get(cfg, data_key), verify=cfg["prune"]["verify"])
+    backbone, _, _ = weights.load_backbone(cfg["prune"]["checkpoint"], cfg)
+    backbone.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    indices, info, pool, clusters = curate(backbone, dataset, cfg, epoch=0)
+    leaf = clusters.leaf.numpy()
+    with atomic.open_atomic(os.path.join(out, "indices.npy"), "wb") as f:
+        np.save(f, indices)
+    with atomic.open_atomic(os.path.join(out, "assignments.npy"), "wb") as f:
+        np.save(f, np.stack([pool, leaf]))
+    atomic.write_json(info, os.path.join(out, "diagnostics.json"))
+    kept = np.flatnonzero(np.isin(pool, indices))
+    curation_plots.cluster_pictures(dataset, pool, leaf, kept, info["clusters_pool"]["k"], out, cfg["train"]["seed"])
+    config.save(cfg, out)
+    print(curation_line(info))
+    print(f"wrote {out}/: indices.npy ({len(indices)} of {len(dataset)}), assignments.npy, diagnostics.json, "
+          f"clusters.png, cluster_sizes.png")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    errors.main(run)

@@ -59,9 +59,11 @@ import time
 
 import yaml
 
-import config
-import shards
-import study_report
+from oceansar import atomic
+from oceansar import config
+from oceansar import shards
+from oceansar import study_report
+from oceansar.epochs import iters_per_epoch
 
 VARIANTS = {
     "none": {"prune.mode": "none"},
@@ -149,7 +151,7 @@ def variant_overrides(name, given, cfg):
     rho, base_rho = trial["prune"]["rho"], cfg["prune"]["rho"]
     if rho != base_rho:
         n, batch = archive_size(cfg), cfg["train"]["batch_size_per_gpu"]
-        ipe = lambda r: math.ceil(math.ceil(r * n - 1e-9) / batch)  # noqa: E731  iterations per epoch (METHOD.md)
+        ipe = lambda r: iters_per_epoch(r, n, batch)  # noqa: E731
         total = cfg["train"]["epochs"] * ipe(base_rho)
         epochs = math.ceil(total / ipe(rho))
         factor = epochs / cfg["train"]["epochs"]
@@ -199,12 +201,6 @@ def run_status(folder, digest):
         raise StudyError(f"{folder} was made with a different config or code (hash {record.get('hash', '')[:10]}, "
                          f"now {digest[:10]})")
     return record["status"]
-
-
-def write_json(path, data):
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def run_stage(script, cfg_path, args, log_path):
@@ -258,11 +254,11 @@ def execute(runs, resolved):
             continue
         os.makedirs(folder, exist_ok=True)
         record = {"hash": digest, "status": "running"}
-        write_json(os.path.join(folder, "run.json"), record)
+        atomic.write_json(record, os.path.join(folder, "run.json"))
         for script, over in stages:
             record[script.replace(".py", "_s")] = run_stage(script, resolved, as_args(over),
                                                            os.path.join(folder, script.replace(".py", ".out")))
-        write_json(os.path.join(folder, "run.json"), {**record, "status": "done"})
+        atomic.write_json({**record, "status": "done"}, os.path.join(folder, "run.json"))
         print(f"  {folder}: " + ", ".join(f"{k} {v:.0f} s" for k, v in record.items() if k.endswith("_s")))
 
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import config  # noqa: E402
+from oceansar import config  # noqa: E402
 import evaluate  # noqa: E402
-import model as models  # noqa: E402
+from oceansar import model as models  # noqa: E402
 import pretrain  # noqa: E402
 import prune  # noqa: E402
 
@@ -91,7 +91,7 @@ def projected_fraction(cfg_path, n=N_ARCHIVE):
         backbone = models.build_backbone(m["arch"], m["patch_size"], t["global_crops_size"], 0.0)
         head = models.DINOHead(backbone.embed_dim, m["out_dim"], m["head_hidden_dim"], m["head_bottleneck_dim"])
     train_img = pretrain.train_flops_per_image(backbone, head, t)
-    embed_img = models.flops_per_image(backbone, t["global_crops_size"])
+    embed_img = backbone.flops_per_image(t["global_crops_size"])
     kept = math.ceil(p["rho"] * n)
     d = backbone.embed_dim
     epoch = kept * train_img

@@ -18,9 +18,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import config  # noqa: E402
+from oceansar import config  # noqa: E402
 import s1_fixtures  # noqa: E402
-import sentinel1  # noqa: E402
+from oceansar import sentinel1  # noqa: E402
 
 LINES, SAMPLES = 4900, 5471
 

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kmeans  # noqa: E402
+from oceansar import kmeans  # noqa: E402
 
 HAVE = {name: importlib.util.find_spec(name) is not None for name in ("faiss", "sklearn")}
 GOAL_SPEED = {"noise": 1.0, "blobs": 2.5}

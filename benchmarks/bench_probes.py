@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
-import probes  # noqa: E402
-import model as models  # noqa: E402
-import shards  # noqa: E402
+from oceansar import probes  # noqa: E402
+from oceansar import model as models  # noqa: E402
+from oceansar import shards  # noqa: E402
 
 
 def structured_features(n, dim, n_classes, generator, device):
@@ -122,7 +122,7 @@ def bench_extraction(args, generator):
         ds, rows = shards.ShardDataset(folder), np.arange(args.feat_n)
         net = models.build_backbone(args.arch, args.patch, args.img).to(args.device)
         print(f"feature extraction: {args.arch}/{args.patch} at {args.img} px, batch {args.batch}, "
-              f"{models.flops_per_image(net, args.img) / 1e9:.2f} GFLOP/image")
+              f"{net.flops_per_image(args.img) / 1e9:.2f} GFLOP/image")
         evaluate.extract_features(ds, rows[:args.batch], {"net": net}, args.device, args.batch, progress=False)
         runs = [("backbone (CLS)", {"nets": {"net": net}}), ("physics", {"nets": {}, "physics": True})]
         if args.arch != "resnet50":

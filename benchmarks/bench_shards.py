@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import shards  # noqa: E402
+from oceansar import shards  # noqa: E402
 
 
 def main():

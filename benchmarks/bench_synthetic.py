@@ -28,7 +28,7 @@ def rate(synthetic, seconds, batch, **kwargs):
 def measure(root, sizes, seconds, per_class):
     """{size:spacing: imagettes/s} for the synthetic.py under `root` (imported from there)."""
     sys.path.insert(0, root)
-    import synthetic
+    from oceansar import synthetic
     out = {}
     for pair in sizes:
         size, spacing = int(pair.split(":")[0]), float(pair.split(":")[1])

@@ -31,9 +31,9 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
+from oceansar import config  # noqa: E402
 import pretrain  # noqa: E402
-import shards  # noqa: E402
+from oceansar import shards  # noqa: E402
 
 MODELS = {
     # the lead's demo model: tiny ViT on 64 px globals

@@ -42,12 +42,12 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import bench_kmeans  # noqa: E402
 import bench_train  # noqa: E402
-import config  # noqa: E402
-import kmeans  # noqa: E402
+from oceansar import config  # noqa: E402
+from oceansar import kmeans  # noqa: E402
 import pretrain  # noqa: E402
 import prune  # noqa: E402
-import shards  # noqa: E402
-import synthetic  # noqa: E402
+from oceansar import shards  # noqa: E402
+from oceansar import synthetic  # noqa: E402
 
 # name -> (base config, archive (image px, pixel spacing m), overrides; dry-run overrides on top)
 RUNS = {

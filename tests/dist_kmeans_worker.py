@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kmeans  # noqa: E402
+from oceansar import kmeans  # noqa: E402
 import prune  # noqa: E402
 
 PLAIN_ABOVE = kmeans.PLAIN_ABOVE

@@ -1,17 +1,14 @@
 """Collapse diagnostics (collapse.py): each failure is named on constructed outputs, a healthy batch is not,
 and a tiny real run's teacher moves away from its initialisation."""
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import collapse  # noqa: E402
-import config  # noqa: E402
-import pretrain  # noqa: E402
-from test_pretrain import data_dir, write_config  # noqa: E402,F401  (fixture)
+from oceansar import collapse
+from oceansar import config
+import pretrain
+from test_pretrain import data_dir, write_config  # noqa: F401  (fixture)
 
 K, N, D = 256, 128, 32
 LN_K = math.log(K)

@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-import config
+from oceansar import config
 
 
 BASE = "data:\n  seed: 0\n"

@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import torch
 
-import config
-import curves
+from oceansar import config
+from oceansar import curves
+from oceansar import runlog
 import prune
-import shards
+from oceansar import shards
 from test_pretrain import ENV, ROOT, make_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -65,7 +66,7 @@ def test_panels_follow_the_keys_the_log_has(tmp_path):
 def test_cli_redraws_a_live_log_with_a_half_written_last_line(tmp_path):
     lines = [json.dumps(r) for r in fake_log()]
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"epoch": 1, "itera')
-    assert len(curves.read_log(str(tmp_path / "log.jsonl"))) == len(lines)
+    assert len(runlog.read(str(tmp_path / "log.jsonl"))) == len(lines)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "curves.py"), str(tmp_path)], capture_output=True,
                           text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -9,18 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import config  # noqa: E402
-import dinov2  # noqa: E402
-import model as models  # noqa: E402
-import pretrain  # noqa: E402
-import weights  # noqa: E402
-from test_pretrain import (ENV, kill_at_first_checkpoint, make_dataset, read_log, run_pretrain,  # noqa: E402
+from oceansar import config
+from oceansar import dinov2
+from oceansar import model as models
+import pretrain
+from oceansar import weights
+from test_pretrain import (ENV, kill_at_first_checkpoint, make_dataset, read_log, run_pretrain,
                            state_hash, write_config)
 
 V2 = {"train__objective": "dinov2", "model__patch_size": 4}   # 32 px globals -> an 8 x 8 patch grid
@@ -237,7 +235,7 @@ def test_dinov2_sinkhorn_under_two_process_torchrun(tmp_path, data_dir):
 
 # ---------------------------------------------------------------------------------------------- wind direction
 def test_angular_error_and_direction_probes():
-    import probes
+    from oceansar import probes
     assert torch.allclose(probes.angular_error(torch.tensor([350.0, 10.0, 0.0]), torch.tensor([10.0, 350.0, 180.0])),
                           torch.tensor([20.0, 20.0, 180.0], dtype=torch.float64))
     assert float(probes.angular_error(torch.tensor([10.0]), torch.tensor([175.0]), period=180.0)) == 15.0

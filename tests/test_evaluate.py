@@ -11,13 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
-import evaluate  # noqa: E402
-import probes  # noqa: E402
-import model as models  # noqa: E402
-import shards  # noqa: E402
-import weights  # noqa: E402
+from oceansar import config
+import evaluate
+from oceansar import probes
+from oceansar import model as models
+from oceansar import shards
+from oceansar import weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

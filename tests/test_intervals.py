@@ -1,12 +1,9 @@
 """Intervals (intervals.py): bootstrap coverage, vectorised replicates = the probes' metrics, seeds."""
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import intervals  # noqa: E402
-import probes  # noqa: E402
+from oceansar import intervals
+from oceansar import probes
 
 
 def test_classification_replicates_equal_the_metrics_on_each_resample():

@@ -3,15 +3,12 @@ test_weights.py."""
 
 import copy
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model as M  # noqa: E402
+from oceansar import model as M
 
 
 def gen(seed):
@@ -146,7 +143,7 @@ def test_resnet18_torchvision_layout_and_width():
     assert narrow.layer3[0].conv1.weight.shape == (64, 32, 3, 3)
     with torch.no_grad():
         assert narrow(torch.randn(2, 1, 48, 48)).shape == (2, 128)
-    assert M.flops_per_image(narrow, 48) == _hooked_matmul_flops(narrow, 48)
+    assert narrow.flops_per_image(48) == _hooked_matmul_flops(narrow, 48)
 
 
 def test_resnet50_layout_params_shape(resnet):
@@ -195,16 +192,19 @@ def _hooked_matmul_flops(backbone, img_size):
 
 def test_flops_match_hooked_count(resnet):
     b = nano()
-    assert M.flops_per_image(b, 64) == _hooked_matmul_flops(b, 64)
-    assert M.flops_per_image(resnet, 64) == _hooked_matmul_flops(resnet, 64)
-    assert M.flops_per_image(resnet, (64, 64)) == M.flops_per_image(resnet, 64)
+    assert b.flops_per_image(64) == _hooked_matmul_flops(b, 64)
+    assert resnet.flops_per_image(64) == _hooked_matmul_flops(resnet, 64)
+    assert resnet.flops_per_image((64, 64)) == resnet.flops_per_image(64)
     # Published orders of magnitude: ViT-S/16 ~4.6 GMACs, ResNet50 ~4.1 GMACs at 224 px.
     with torch.device("meta"):
         small = M.build_backbone("vit_small", 16, 224, 0.0)
-    assert 2 * 4.4e9 < M.flops_per_image(small, 224) < 2 * 4.7e9
-    assert 2 * 3.9e9 < M.flops_per_image(resnet, 224) < 2 * 4.2e9
-    with pytest.raises(ValueError, match="FLOP"):
-        M.flops_per_image(nn.Linear(2, 2), 64)
+    assert 2 * 4.4e9 < small.flops_per_image(224) < 2 * 4.7e9
+    assert 2 * 3.9e9 < resnet.flops_per_image(224) < 2 * 4.2e9
+
+    class NoFormula(M.Backbone):  # the protocol names what a new backbone forgot
+        embed_dim = 2
+    with pytest.raises(NotImplementedError, match="FLOP formula"):
+        NoFormula().flops_per_image(64)
 
 
 # --------------------------------------------------------------------------------------------------- Head

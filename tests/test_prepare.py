@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import shards
+from oceansar import shards
 
 TINY = """
 data:

@@ -17,13 +17,12 @@ import torch.nn.functional as F
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import augment  # noqa: E402
-import config  # noqa: E402
-import model as models  # noqa: E402
-import pretrain  # noqa: E402
-import shards  # noqa: E402
+from oceansar import augment
+from oceansar import config
+from oceansar import model as models
+import pretrain
+from oceansar import shards
 
 # Subprocesses get one thread each: deterministic, and no OpenMP oversubscription on a small shared machine.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

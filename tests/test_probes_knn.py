@@ -1,11 +1,8 @@
 """kNN on hand-crafted features: standardised with train-split statistics (fair physics baseline)."""
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import probes  # noqa: E402
+from oceansar import probes
 
 
 def _features(seed=0, n=300, d=6):

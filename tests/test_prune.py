@@ -14,10 +14,9 @@ import torch
 from scipy import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import kmeans  # noqa: E402
-import prune  # noqa: E402
+from oceansar import kmeans
+import prune
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import config
+from oceansar import config
 import pretrain
-import shards
-import synthetic
+from oceansar import shards
+from oceansar import synthetic
 from test_pretrain import ENV, ROOT, read_log, state_hash
 from test_pretrain import write_config as pretrain_config
 

@@ -9,16 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-import model as models
-import pretrain
-import shards
+from oceansar import model as models
+from oceansar import shards
 from s1_fixtures import make_netcdf
 from test_pretrain import ENV, ROOT, make_dataset, read_log, write_config
 
@@ -241,7 +239,8 @@ def test_near_constant_training_data_is_warned_at_load(tmp_path, data):
 DISK_FULL = """
 import os, resource, signal, sys, torch
 sys.path.insert(0, {root!r})
-import config, pretrain
+import pretrain
+from oceansar import config
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 with config.user_errors():
@@ -276,7 +275,7 @@ def test_exit_3_names_non_finite_input_and_what_exists(tmp_path, data):
 
 def test_resumed_curated_epoch_logs_its_curation(tmp_path):
     from test_prune_training import write_config as prune_config
-    from synthetic import generate
+    from oceansar.synthetic import generate
     folder = tmp_path / "archive"
     writer = shards.ShardWriter(str(folder), 32, 200.0, 100)
     images, meta = generate(0, 100, image_size=32, pixel_spacing=200.0, seed=5)

@@ -2,18 +2,16 @@
 averaging matches a brute-force reference, zips read like folders, netCDF namings agree, TenGeoP labels/splits,
 the two real OCN files give DATA.md's values, and every kind of damage raises a one-line InputError."""
 import os
-import sys
 import zipfile
 
 import netCDF4
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import config  # noqa: E402
-import s1_fixtures as fx  # noqa: E402
-import sentinel1 as s1  # noqa: E402
-import shards  # noqa: E402
+from oceansar import config
+import s1_fixtures as fx
+from oceansar import sentinel1 as s1
+from oceansar import shards
 
 OCN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "ocn")
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-import shards
+from oceansar import shards
 
 
 def build(folder, counts=(5, 5, 3), size=8, seed=0):

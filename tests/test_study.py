@@ -11,11 +11,11 @@ import pytest
 import torch
 from scipy import stats
 
-import config
+from oceansar import config
 import pretrain
 import prune
 import study
-import study_report
+from oceansar import study_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import fields
-import probes
-import synthetic as s
-import waves
+from oceansar import fields
+from oceansar import probes
+from oceansar import synthetic as s
+from oceansar import waves
 
 F, G, H, I, J, K, L, M, N, O = range(10)
 

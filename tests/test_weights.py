@@ -17,12 +17,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import config  # noqa: E402
-import model as M  # noqa: E402
-import shards  # noqa: E402
-import weights  # noqa: E402
-from test_evaluate import write_dataset  # noqa: E402
+from oceansar import config
+from oceansar import model as M
+from oceansar import weights
+from test_evaluate import write_dataset
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

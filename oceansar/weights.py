@@ -2,7 +2,7 @@
 
 Manual
 ------
-    import weights
+    from oceansar import weights
     backbone, (arch, patch, img), summary = weights.load_backbone(path, cfg)   # a file or a HF model folder
     summary = weights.load_backbone_weights(backbone, state_or_checkpoint)      # strict, or WeightsError
     W, b = weights.release_head(path)                                           # classifier.1 of a hub head
@@ -45,8 +45,9 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import config
-import model as models
+from . import config
+from .errors import UserError
+from . import model as models
 
 CONTAINER_KEYS = ("teacher", "state_dict", "model", "backbone")
 PREFIXES = ("module.", "backbone.", "teacher.", "_orig_mod.")
@@ -63,7 +64,7 @@ _TRANSFORMERS_BLOCK = re.compile(
     r"^(?:resnet\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.(?:layer\.(\d+)|(shortcut))\.(convolution|normalization)\.(.+)$")
 
 
-class WeightsError(config.UserError, ValueError):
+class WeightsError(UserError, ValueError):
     """Weights that cannot be read or do not fit the configured backbone (one line for the user, exit 1)."""
 
 

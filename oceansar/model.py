@@ -2,7 +2,7 @@
 
 Manual
 ------
-    import model
+    from oceansar import model
     backbone = model.build_backbone("vit_small", patch_size=16, img_size=256, drop_path=0.1)
     head = model.DINOHead(backbone.embed_dim, out_dim=65536)
     student = model.MultiCropWrapper(backbone, head)
@@ -10,7 +10,9 @@ Manual
 
     feats = backbone(x)                      # [B, embed_dim]: CLS token (ViT) / pooled map (ResNet)
     feats = backbone.get_features(x, n_last_blocks=4, avgpool=True)   # linear-probe features
-    model.flops_per_image(backbone, 256)     # forward matmul FLOPs of one image, for MFU
+    backbone.flops_per_image(256)            # forward matmul FLOPs of one image, for MFU
+
+Every backbone is a `Backbone` (the protocol the rest of the project relies on: see that class).
 
 Architectures (`ARCHS`): vit_nano (a CPU-sized ViT for tests and smoke runs), vit_tiny, vit_small,
 vit_base, resnet50. The ViT state-dict keys follow the DINO/timm layout and the ResNet keys follow the
@@ -18,8 +20,8 @@ torchvision layout; weights.py loads the public DINO / torchvision / transformer
 
 Initialisation is deterministic: every constructor takes an optional `generator` (a CPU torch.Generator); when
 it is None a generator seeded with 0 is used, so two models built with the same arguments are identical.
-Drop-path draws its per-sample masks from the device's default generator during training, like dropout:
-the trainer seeds it.
+Drop-path draws its per-sample masks from the generator given to Backbone.set_drop_path_generator; the
+training loop owns that generator and reseeds it every iteration.
 """
 
 import math
@@ -60,28 +62,63 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The backbone protocol
+
+
+class Backbone(nn.Module):
+    """What every backbone offers the rest of the project; a new one subclasses this (README, "Layout").
+
+    embed_dim                  the width of forward's output (the DINO head's input, the curation features)
+    forward(x)                 [B, 1, H, W] normalised σ0 -> [B, embed_dim] (ViT: CLS token, CNN: pooled map)
+    get_features(x, n, pool)   the linear-probe features (a ViT may concatenate its last n CLS tokens and the
+                               mean patch token; the default is forward's output)
+    feature_dim(n, pool)       the width of get_features' output
+    flops_per_image(size)      forward matmul FLOPs of one size x size image (for MFU)
+    """
+    embed_dim: int
+
+    def get_features(self, x: torch.Tensor, n_last_blocks: int = 1, avgpool: bool = False) -> torch.Tensor:
+        return self(x)
+
+    def feature_dim(self, n_last_blocks: int = 1, avgpool: bool = False) -> int:
+        return self.embed_dim
+
+    def flops_per_image(self, img_size) -> int:
+        raise NotImplementedError(f"{type(self).__name__} defines no FLOP formula (Backbone.flops_per_image)")
+
+    def set_drop_path_generator(self, generator):
+        """Stochastic depth draws from `generator` (a backbone without DropPath modules ignores it)."""
+        for m in self.modules():
+            if isinstance(m, DropPath):
+                m.generator = generator
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Vision Transformer
 
 
-def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool, generator=None) -> torch.Tensor:
     """Stochastic depth: zero the residual branch of whole samples with probability drop_prob.
 
     Survivors are scaled by 1/keep so the expected value matches eval mode, where this is the identity.
+    The mask is drawn from `generator` (on x's device; None: torch's global generator).
     """
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep, generator=generator)
     return x * mask / keep
 
 
 class DropPath(nn.Module):
+    """drop_path as a module; `generator` is set by Backbone.set_drop_path_generator (the training loop owns it)."""
+
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
-        self.drop_prob = drop_prob
+        self.drop_prob, self.generator = drop_prob, None
 
     def forward(self, x):
-        return drop_path(x, self.drop_prob, self.training)
+        return drop_path(x, self.drop_prob, self.training, self.generator)
 
     def extra_repr(self):
         return f"drop_prob={self.drop_prob}"
@@ -185,7 +222,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> torch
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Backbone):
     """ViT with a CLS token and learned position embeddings, DINO/timm key layout, 1 input channel.
 
     Built for `img_size`; other input sizes work by resampling the position embeddings (bicubic), so
@@ -398,7 +435,7 @@ class Bottleneck(nn.Module):
 RESNETS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """torchvision-layout ResNet, 1-channel stem, no `fc`: returns the globally pooled feature.
 
     `width` is the channel count of the first stage (torchvision: 64); stage k has width * 2^(k-1) planes.
@@ -442,13 +479,6 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
-
-    def get_features(self, x: torch.Tensor, **ignored) -> torch.Tensor:
-        """Linear-probe features: the pooled feature (n_last_blocks / avgpool do not apply to a CNN)."""
-        return self(x)
-
-    def feature_dim(self, *ignored, **ignored_kw) -> int:
-        return self.embed_dim
 
     def flops_per_image(self, img_size) -> int:
         """Forward FLOPs = 2 * sum over convolutions of (out_h * out_w * C_out * C_in/groups * k_h * k_w).
@@ -497,17 +527,6 @@ def build_backbone(arch: str, patch_size: int = 16, img_size: int = 256, drop_pa
         return vit(arch, patch_size=patch_size, img_size=img_size, drop_path=drop_path, generator=generator,
                    layerscale=layerscale, registers=registers, mask_token=mask_token)
     raise ValueError(f"unknown arch {arch!r}; expected one of {list(ARCHS)}")
-
-
-def flops_per_image(backbone: nn.Module, img_size) -> int:
-    """Forward matmul FLOPs of `backbone` on one img_size (int or (H, W)) image; see each class's method.
-
-    For MFU of a training step, a forward+backward costs about 3x this per student crop and the EMA teacher
-    costs 1x per global crop; add DINOHead.flops_per_sample() per crop (3x for the student).
-    """
-    if not hasattr(backbone, "flops_per_image"):
-        raise ValueError(f"no FLOP formula for {type(backbone).__name__}")
-    return backbone.flops_per_image(img_size)
 
 
 # ----------------------------------------------------------------------------------------------------------

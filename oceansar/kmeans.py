@@ -583,3 +583,42 @@ def fit_prepared_hierarchy(points, levels, *, resample_steps, sample_size, sampl
         centroids.append(res.centroids)
         points = res.centroids
     return Hierarchy(centroids, parents, kw["metric"])
+
+
+# ----------------------------------------------------------------------------- the one entry a curation uses
+
+@dataclass(frozen=True)
+class Options:
+    """How a curation clusters (prune.py builds it from the prune.* keys)."""
+    levels: tuple                 # clusters per level, finest first
+    n_iter: int                   # Lloyd updates per k-means
+    resample_steps: int           # Vo et al. resampling steps per level
+    sample_size: object           # points kept per cluster at a resampling step (None: half the mean size)
+    sample_rule: str              # "closest" or "random"
+    metric: str                   # "cosine" or "l2"
+    init: str                     # "kmeans++" or "random"
+    init_sample_factor: object    # k-means++ candidates = max(INIT_MIN_CANDIDATES, factor x k) (None: default)
+    fit_sample: object            # fit on this many random points of all ranks' rows (None: on all of them)
+    mem_bytes: int = DEFAULT_MEM_BYTES
+
+
+def fit_and_assign(features: torch.Tensor, options: Options, generator: torch.Generator, distributed=None):
+    """Fit the hierarchy on a random `options.fit_sample` of the points, assign every point to its leaf.
+
+    features: this rank's contiguous block of the points. Returns (Hierarchy, leaf [n_total] int64, distance to
+    the leaf centroid [n_total], number of points fitted), all on the CPU and identical on every rank."""
+    check_features(features, "curation features", distributed)
+    x = prepare_points(features, options.metric)
+    lay = layout(len(x), x.device, distributed)
+    fit = x
+    if options.fit_sample is not None and options.fit_sample < lay.n_total:
+        chosen = torch.randperm(lay.n_total, generator=generator)[:options.fit_sample].sort().values
+        fit = x[owned_rows(chosen.to(x.device), lay, len(x))]
+    hier = fit_prepared_hierarchy(fit, list(options.levels), generator=generator, n_iter=options.n_iter,
+                                  resample_steps=options.resample_steps, sample_size=options.sample_size,
+                                  sample_rule=options.sample_rule, metric=options.metric, init=options.init,
+                                  init_candidates=None, init_sample_factor=options.init_sample_factor,
+                                  mem_bytes=options.mem_bytes, distributed=lay.on)
+    leaf, distance = assign_prepared(x, hier.centroids[0], options.mem_bytes)
+    leaf, distance = all_gather_rows(leaf, lay.on).cpu(), all_gather_rows(distance, lay.on).cpu()
+    return hier, leaf, distance, min(lay.n_total, options.fit_sample or lay.n_total)

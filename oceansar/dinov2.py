@@ -2,7 +2,7 @@
 
 Manual
 ------
-    import dinov2
+    from oceansar import dinov2
     masks = dinov2.sample_masks(2 * B, (gh, gw), probability=0.5, ratio=(0.1, 0.5), rng=np.random.default_rng(0))
     student = dinov2.DINOv2Wrapper(backbone, head, ibot_head=None, mask_input=True)   # None: iBOT shares `head`
     teacher = dinov2.DINOv2Wrapper(backbone_t, head_t, None, mask_input=False)
@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-import collapse
+from . import collapse
 
 MIN_BLOCK_PATCHES = 4
 BLOCK_ASPECT = (0.3, 1 / 0.3)

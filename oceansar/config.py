@@ -13,24 +13,18 @@ data (dicts, lists, numbers, strings) so it can be printed, saved beside outputs
 import json
 import math
 import os
-import sys
 import tempfile
-from contextlib import contextmanager
 
 import yaml
 
-
-class UserError(Exception):
-    """A mistake in the user's input, config or environment: reported as one line, no traceback, exit `code`.
-
-    Stage scripts raise it (or a subclass) for anything the user can fix and catch only it at their main
-    (`with config.user_errors():`), so that a bug in our code still shows its traceback."""
-    code = 1
+from . import atomic
+from .model import ARCHS
+from .errors import EXIT_CONFIG, UserError
 
 
 class ConfigError(UserError, ValueError):
     """A bad config value, file or path named by a config key (exit code 2)."""
-    code = 2
+    code = EXIT_CONFIG
 
 
 class Key:
@@ -111,7 +105,6 @@ def _k(default, kind, doc, **kw):
     return Key(default, kind, doc, **kw)
 
 
-ARCHS = ["vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50"]
 
 SCHEMA = {
     # ---------------------------------------------------------------- prepare.py
@@ -446,23 +439,6 @@ def check_pool(cfg):
                           f"the kept ceil(rho * N) images are drawn from the pool (1.0: the whole archive)")
 
 
-def load_or_exit(argv, stage=None):
-    """load() for a script's main: a bad config prints one line and exits with code 2, no traceback."""
-    with user_errors():
-        return load(argv, stage)
-
-
-@contextmanager
-def user_errors():
-    """Around a stage's main: a UserError prints `error: <one line>` and exits with its code; anything else (a
-    bug) keeps its traceback."""
-    try:
-        yield
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(e.code)
-
-
 def get(cfg, dotted):
     section, key = dotted.split(".", 1)
     return cfg[section][key]
@@ -509,11 +485,7 @@ def dump(cfg):
 def save(cfg, folder, name="config.yaml"):
     """Write the resolved config beside an output (atomically)."""
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    with open(path + ".tmp", "w") as f:
-        f.write(dump(cfg))
-    os.replace(path + ".tmp", path)
-    return path
+    return atomic.write_text(dump(cfg), os.path.join(folder, name))
 
 
 def show(cfg, sections=None):

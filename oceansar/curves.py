@@ -14,12 +14,14 @@ re-curated) and resumes (dotted, grey). ln K is read from the log itself (loss /
 (a reader never sees a half-drawn file) with matplotlib's object API: no pyplot, no global backend switch.
 """
 
-import json
 import math
 import os
 import sys
 
 from matplotlib.figure import Figure
+
+from . import atomic
+from . import runlog
 
 # (title, [(log key, label)], ln K reference line?) in drawing order; a panel without any of its keys is left out.
 PANELS = [
@@ -31,18 +33,6 @@ PANELS = [
     ("teacher feature spread (about 1: spread out, 0: collapsed)", [("feature_std", "spread")], False),
     ("learning rate", [("lr", "lr")], False),
 ]
-
-
-def read_log(path):
-    """The JSON records of a log.jsonl; a last line still being written by a live run is skipped."""
-    with open(path) as f:
-        lines = [line for line in f.read().split("\n") if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        if i == len(lines) - 1 and not line.rstrip().endswith("}"):
-            break
-        records.append(json.loads(line))
-    return records
 
 
 def run_events(records):
@@ -123,10 +113,7 @@ def draw(records, path, title=None):
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=11)
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=90)
 
 
 def draw_run(out):
@@ -134,7 +121,7 @@ def draw_run(out):
     log = os.path.join(out, "log.jsonl")
     if not os.path.isfile(log):
         return None
-    return draw(read_log(log), os.path.join(out, "curves.png"), title=os.path.normpath(out))
+    return draw(runlog.read(log), os.path.join(out, "curves.png"), title=os.path.normpath(out))
 
 
 def main(argv):

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
-import fields
+from . import fields
 
 G = 9.81
 ORBIT_HEIGHT_M, PLATFORM_SPEED = 693e3, 7.59e3        # Sentinel-1: beta = R / V ~ 100 s (WV1), 114 s (WV2)

@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 
-import intervals
-import shards
+from . import intervals
+from . import runlog
+from . import shards
 
 TARGETS = (0.90, 0.95)  # fractions of `none`'s final validation kNN accuracy
 FINAL = [  # (column, task, probe, metric, scale, digits): test-split metrics from each run's eval/report.json
@@ -19,10 +20,6 @@ FINAL = [  # (column, task, probe, metric, scale, digits): test-split metrics fr
     ("wind RMSE m/s (linear)", "wind", "linear", "rmse", 1, 2),
     ("Hs RMSE m (linear)", "hs", "linear", "rmse", 1, 2),
 ]
-
-
-def read_log(path):
-    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
 def knn_curve(records):
@@ -88,7 +85,8 @@ def final_metrics(result, rare):
 
 def run_metrics(folder, rare, batch):
     """Everything the report needs from one run folder: its curve, final metrics and timings."""
-    records = read_log(os.path.join(folder, "log.jsonl"))
+    log = os.path.join(folder, "log.jsonl")
+    records = runlog.read(log) if os.path.exists(log) else []
     its, acc = knn_curve(records)
     m = final_metrics(json.load(open(os.path.join(folder, "eval", "report.json")))["results"]["pretrained"], rare)
     done = [r for r in records if r.get("event") == "done"]

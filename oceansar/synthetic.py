@@ -2,7 +2,7 @@
 
 The manual
 ----------
-    import synthetic
+    from oceansar import synthetic
     images, meta = synthetic.generate(0, 1024, image_size=64, pixel_spacing=100.0, seed=0)
     images   float32 [count, H, W], sigma0 in dB (speckled, noise floor included), H = W = image_size
     meta     dict of numpy arrays, one row per imagette:
@@ -59,12 +59,10 @@ import math
 import numpy as np
 from scipy.special import ndtri
 
-import fields
-import waves
+from . import fields
+from . import waves
+from .tengeop import CLASS_LETTERS, CLASS_NAMES  # noqa: F401  (synthetic.CLASS_NAMES is part of its manual)
 
-CLASS_LETTERS = "FGHIJKLMNO"
-CLASS_NAMES = ["Pure Ocean Waves", "Wind Streaks", "Micro Convective Cells", "Rain Cells", "Biological Slicks",
-               "Sea Ice", "Iceberg", "Low Wind Area", "Atmospheric Front", "Oceanic Front"]
 # The real archive is open ocean almost everywhere; rare phenomena are a few percent each (heavy tail).
 ARCHIVE_PRIOR = (0.45, 0.25, 0.12, 0.04, 0.02, 0.03, 0.015, 0.04, 0.02, 0.015)
 

@@ -11,29 +11,25 @@ The protocol of ../shared/docs/METHOD.md, used by evaluate.py:
   (standardise_like_train); network features are used as they are.
 - classification_metrics (accuracy, balanced accuracy, macro-F1, confusion) and regression_metrics (RMSE,
   bias = mean(pred - true), R²). Unknown labels (class < 0, NaN target) never enter a fit or a metric.
-- physics_features: mean σ0 (dB of the mean linear intensity), std (dB), normalised variance of the linear
-  intensity, spectral peak wavelength (≤ PEAK_MAX_M) and energy fractions in BAND_EDGES_M wavelength bands
-  (Hann-windowed spectrum of the mean-removed dB image), incidence.
+- extract_features: frozen backbone features of a dataset's rows, one centre view (physics.py's hand-crafted
+  features beside them on request); dataset_splits / class_names: the train/val/test split and class names of
+  a labelled dataset; KnnMonitor: the in-training kNN on a labelled dataset (pretrain.py's curve).
 """
 
 import functools
 import math
+import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from .physics import physics_features
+from . import shards
 
 LOGISTIC_GRID = tuple(10.0 ** e for e in torch.linspace(-6, 0, 13).tolist())
 RIDGE_GRID = tuple(10.0 ** e for e in torch.linspace(-6, 3, 19).tolist())
-BAND_EDGES_M = (0.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 4000.0, math.inf)
-PEAK_MAX_M = 1600.0
-# wavelength bands (m) of the azimuth / range spectral levels: the azimuth cut-off (which grows with Hs) takes
-# the short azimuth scales down first, range keeps them
-SECTOR_BANDS_M = ((0.0, 300.0), (300.0, 600.0), (600.0, 1200.0), (1200.0, 3000.0))
-PHYSICS_FEATURES = tuple(["mean_db", "std_db", "nv", "peak_wl_m"]
-                         + [f"band_{int(a)}_{'inf' if math.isinf(b) else int(b)}"
-                            for a, b in zip(BAND_EDGES_M, BAND_EDGES_M[1:])]
-                         + [f"spec_{side}_{int(a)}_{int(b)}" for side in ("az", "rg") for a, b in SECTOR_BANDS_M]
-                         + ["incidence"])
 
 
 # ----------------------------------------------------------------------------------------------- input checks
@@ -410,89 +406,96 @@ def direction_probes(train, val, test, k=20, temperature=0.07, **ridge_kw):
     return result
 
 
-# ------------------------------------------------------------------------------------------- physics baseline
+# ------------------------------------------------------------------------------------------- features and splits
 
-def _per_image(value, n, name, device):
-    """A scalar or per-image value as a float32 [n] tensor."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(n)
-    if t.numel() != n or not torch.isfinite(t).all():
-        raise ValueError(f"physics_features: {name} must be finite, a scalar or one value per image ({n})")
-    return t
+def incidence(dataset, rows):
+    """float32 [len(rows)] incidence angles (degrees); unknown ones get the dataset median (a neutral value)."""
+    inc = np.asarray(dataset.meta["incidence"], dtype=np.float32)
+    known = np.isfinite(inc)
+    return torch.from_numpy(np.where(known, inc, np.median(inc[known]) if known.any() else 0.0)[rows])
 
 
-def _spectral_layout(H, W, spacing, device):
-    """Per frequency bin of an H×W FFT: wavelength (m) [H·W], band one-hot [H·W, bands], peak-search mask, and
-    the bin indices of the sectors within 30° of the azimuth axis (rows), then of the range axis, per band."""
-    fy, fx = torch.fft.fftfreq(H, device=device)[:, None], torch.fft.fftfreq(W, device=device)[None, :]
-    f = torch.sqrt(fy ** 2 + fx ** 2).reshape(-1)                                    # cycles / pixel
-    wavelength = spacing / f                                                         # inf at DC
-    azimuth = (fy.abs() > fx.abs() * math.tan(math.radians(60))).expand(H, W).reshape(-1)
-    range_ = (fx.abs() > fy.abs() * math.tan(math.radians(60))).expand(H, W).reshape(-1)
-    in_band = [(wavelength >= lo) & (wavelength < hi) for lo, hi in SECTOR_BANDS_M]
-    sectors = [torch.nonzero(b & side).reshape(-1) for side in (azimuth, range_) for b in in_band]
-    edges = torch.tensor(BAND_EDGES_M, device=device)
-    band = torch.bucketize(wavelength, edges, right=True) - 1
-    onehot = F.one_hot(band.clamp_max(len(BAND_EDGES_M) - 2), len(BAND_EDGES_M) - 1).float()
-    onehot[0] = 0                                                                    # DC is in no band
-    return wavelength, onehot, wavelength > PEAK_MAX_M, sectors
+def extract_features(dataset, rows, nets, device, batch_size=256, n_last_blocks=1, avgpool=False,
+                     physics=False, images=None, progress=True):
+    """{name: float32 [len(rows), d] on device} for each backbone of `nets`, plus "physics" if asked.
+
+    One pass: each batch is read once as raw dB (or taken from `images`, raw dB aligned with rows), normalised
+    with the dataset's mean/std for the networks and kept in dB for the physics features."""
+    device, rows = torch.device(device), np.asarray(rows, dtype=np.int64)
+    if physics:
+        inc = incidence(dataset, rows)
+    out = {name: [] for name in [*nets, *(["physics"] if physics else [])]}
+    for net in nets.values():
+        net.eval()
+    name = os.path.basename(os.path.normpath(dataset.folder))
+    with torch.inference_mode(), tqdm(total=len(rows), unit="img", desc=f"features {name}", mininterval=1.0,
+                                      disable=not progress) as bar:
+        for s in range(0, len(rows), batch_size):
+            raw = images[s:s + batch_size] if images is not None else \
+                torch.from_numpy(dataset.read_batch(rows[s:s + batch_size], raw=True))
+            raw = raw.to(device, non_blocking=True).float()
+            x = (raw - dataset.mean) / dataset.std
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                for key, net in nets.items():
+                    out[key].append(net.get_features(x, n_last_blocks=n_last_blocks, avgpool=avgpool).float())
+            if physics:
+                out["physics"].append(physics_features(raw, dataset.pixel_spacing, inc[s:s + batch_size]))
+            bar.update(len(raw))
+    return {key: torch.cat(parts) for key, parts in out.items()}
 
 
-def _sector_levels(power, sectors):
-    """log10 of the median spectral level in each sector [n, sectors] (a median: one swell peak does not set
-    it, the broadband texture does); an empty sector (a small image) gets the median of the whole spectrum."""
-    whole = power.median(1).values
-    return torch.log10(torch.stack([power[:, idx].median(1).values if len(idx) else whole for idx in sectors], 1)
-                       .clamp_min(1e-12))
+def dataset_splits(meta, seed):
+    """The split column; empty entries are dealt train/val/test (seeded 80/5/15, stratified by class) and
+    a dataset without any val sample gives 1/16 of its train split (seeded, stratified) to val."""
+    split, cls = np.asarray(meta["split"]).astype("U16"), np.asarray(meta["class_idx"])
+    empty = np.flatnonzero(split == "")
+    if empty.size:
+        split[empty] = shards.stratified_split(cls[empty], seed)
+    if not (split == "val").any():
+        train = np.flatnonzero(split == "train")
+        split[train[shards.stratified_split(cls[train], seed + 1, (15 / 16, 1 / 16, 0.0)) == "val"]] = "val"
+    return split
 
 
-def _spectral_features(x_db, layout):
-    """Peak wavelength (m) [n], band energy fractions [n, bands] and azimuth / range sector levels [n, 2·bands]
-    of a chunk of dB images [n, H, W]."""
-    n, H, W = x_db.shape
-    wavelength, band_onehot, peak_excluded, sectors = layout
-    window = torch.outer(torch.hann_window(H, periodic=False, device=x_db.device),
-                         torch.hann_window(W, periodic=False, device=x_db.device))
-    # remove the window-weighted mean so the windowed image has exactly zero mean (no DC leakage)
-    mean = (x_db * window).sum((1, 2), keepdim=True) / window.sum()
-    power = torch.view_as_real(torch.fft.fft2((x_db - mean) * window)).pow(2).sum(-1)     # [n, H, W]
-    bands = power.reshape(n, -1) @ band_onehot
-    fractions = bands / bands.sum(1, keepdim=True).clamp_min(1e-30)
-    # 3×3 box smoothing for the peak search, periodic like the spectrum itself
-    smooth = F.avg_pool2d(F.pad(power[:, None], (1, 1, 1, 1), mode="circular"), 3, stride=1)
-    smooth = smooth.reshape(n, -1).masked_fill(peak_excluded, -1.0)
-    return wavelength[smooth.argmax(1)], fractions, _sector_levels(power.reshape(n, -1) / window.pow(2).sum(), sectors)
+def class_names(meta, n_classes):
+    """Name of each class index (its first sample's class_name; 'class_<i>' when unnamed or absent)."""
+    cls, names = np.asarray(meta["class_idx"]), np.asarray(meta["class_name"])
+    first = [np.flatnonzero(cls == c)[:1] for c in range(n_classes)]          # a loop over classes
+    return [str(names[f[0]]) if f.size and names[f[0]] else f"class_{c}" for c, f in enumerate(first)]
 
 
-def physics_features(images_db, pixel_spacing, incidence, chunk=256):
-    """Hand-crafted features [n, len(PHYSICS_FEATURES)] (float32) from raw dB images [n, 1, H, W].
+# ------------------------------------------------------------------------------------------- the in-training kNN
 
-    mean_db = 10·log10 of the mean linear intensity; std_db; nv = var(I)/mean(I)² (1 for single-look speckle);
-    peak_wl_m = wavelength of the spectral maximum at <= 1600 m; band_* = energy fractions (DC excluded) in
-    wavelength bands: <100 m wind sea and speckle, 100-800 m swell, 800-4000 m wind streaks and convective
-    cells, >4000 m rain cells, fronts, low-wind areas and ice; incidence. The spectrum is the periodogram of
-    the dB image (so one bright target does not dominate) minus its mean under a 2-D Hann window; the peak is
-    searched after a 3×3 smoothing. pixel_spacing: metres, one number (square pixels, as in a shard dataset);
-    incidence: degrees, a scalar or [n]. float32, in chunks of `chunk` images, on the images' device."""
-    x = torch.as_tensor(images_db)
-    if x.ndim != 4 or x.shape[1] != 1 or x.shape[0] == 0 or min(x.shape[2:]) < 3:
-        raise ValueError(f"physics_features: expected dB images [n, 1, H, W], got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"physics_features: {int((~torch.isfinite(x)).sum())} non-finite pixel values")
-    spacing = torch.as_tensor(pixel_spacing, dtype=torch.float32)
-    if spacing.numel() != 1 or not spacing.item() > 0 or not math.isfinite(spacing.item()):
-        raise ValueError(f"physics_features: pixel_spacing must be one positive number (m), got {pixel_spacing}")
-    n, device = x.shape[0], x.device
-    inc = _per_image(incidence, n, "incidence", device)
-    layout = _spectral_layout(x.shape[2], x.shape[3], spacing.item(), device)
-    rows = []
-    for s in range(0, n, chunk):                          # chunks bound the FFT memory, vectorised inside
-        xc = x[s:s + chunk, 0].float()
-        lin = torch.exp(xc * (math.log(10) / 10))        # dB -> linear intensity
-        lin_mean = lin.mean((1, 2))
-        nv = (lin - lin_mean[:, None, None]).pow(2).mean((1, 2)) / lin_mean ** 2
-        peak, fractions, levels = _spectral_features(xc, layout)
-        rows.append(torch.cat([torch.stack([10 * torch.log10(lin_mean), xc.std((1, 2), unbiased=False), nv, peak],
-                                           1), fractions, levels, inc[s:s + chunk, None]], 1))
-    return torch.cat(rows)
+class KnnMonitor:
+    """kNN (k, T) accuracy of a backbone's CLS / pooled features on a labelled dataset, cheap to repeat: the
+    train split is the bank, the val split the queries (test instead when val has fewer than `min_queries`
+    samples and test more). The labelled images are read once and kept as float16 dB (up to `cache_bytes`;
+    larger sets are re-read), so each call only runs the backbone. pretrain.py owns one per run."""
+
+    def __init__(self, dataset_dir, k, temperature, split_seed, batch_size, min_queries=100, cache_bytes=2 << 30):
+        self.k, self.temperature, self.batch_size = k, temperature, batch_size
+        self.dataset = shards.ShardDataset(dataset_dir)
+        split, cls = dataset_splits(self.dataset.meta, split_seed), self.dataset.meta["class_idx"].astype(np.int64)
+        bank, val, test = (np.flatnonzero((cls >= 0) & (split == s)) for s in ("train", "val", "test"))
+        query = val if len(val) >= min_queries or len(test) <= len(val) else test
+        if not len(bank) or not len(query):
+            raise shards.DataError(f"{dataset_dir}: kNN needs labelled samples in the train and val (or test) splits")
+        self.rows, self.n_bank, self.images = np.concatenate([bank, query]), len(bank), None
+        self.labels = torch.from_numpy(cls[self.rows])
+        if self.rows.size * math.prod(self.dataset.shape) * 2 <= cache_bytes:
+            self.images = torch.cat([torch.from_numpy(self.dataset.read_batch(self.rows[s:s + 1024], raw=True)).half()
+                                     for s in range(0, len(self.rows), 1024)])
+            self.dataset.release()
+
+    def __call__(self, backbone, device):
+        """{"knn_acc", "knn_balanced_acc", "knn_macro_f1", "knn_queries"}; the backbone's train/eval mode is kept."""
+        was_training = backbone.training
+        with torch.no_grad():
+            X = extract_features(self.dataset, self.rows, {"x": backbone}, device, self.batch_size,
+                                 images=self.images, progress=False)["x"]
+        backbone.train(was_training)
+        y, n_classes, n = self.labels.to(X.device), int(self.labels.max()) + 1, self.n_bank
+        pred = knn_classify(X[:n], y[:n], X[n:], n_classes, self.k, self.temperature).argmax(1)
+        m = classification_metrics(y[n:], pred, n_classes)
+        return {"knn_acc": m["accuracy"], "knn_balanced_acc": m["balanced_accuracy"], "knn_macro_f1": m["macro_f1"],
+                "knn_queries": m["n"]}

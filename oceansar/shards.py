@@ -37,7 +37,8 @@ import zipfile
 
 import numpy as np
 
-from config import UserError
+from . import atomic
+from .errors import UserError
 
 FORMAT_VERSION = 1
 STRING_COLUMNS = ("id", "source", "beam", "time", "class_name", "split")
@@ -142,12 +143,10 @@ class ShardWriter:
         stats = {"_pixel_sum": pixels.sum(), "_pixel_sumsq": np.square(pixels).sum(), "_pixel_count": pixels.size,
                  "_images_sha256": hashlib.sha256(image_bytes).hexdigest()}
         images_path, meta_path = self.paths(k)
-        with open(meta_path + ".tmp", "wb") as f:
+        with atomic.open_atomic(meta_path, "wb") as f:
             np.savez(f, **meta, **{key: np.asarray(v) for key, v in stats.items()})
-        os.replace(meta_path + ".tmp", meta_path)
-        with open(images_path + ".tmp", "wb") as f:
+        with atomic.open_atomic(images_path, "wb") as f:
             f.write(image_bytes)
-        os.replace(images_path + ".tmp", images_path)
 
     def finalize(self, num_shards, extra=None):
         """Write manifest.json from the complete shards 0..num_shards-1 (raises if one is missing)."""
@@ -180,10 +179,7 @@ class ShardWriter:
         manifest = {"format_version": FORMAT_VERSION, "shape": self.shape, "dtype": "float16", "unit": "dB",
                     "pixel_spacing_m": self.pixel_spacing, "norm_mean": float(mean), "norm_std": float(std),
                     "count": total, "columns": columns, "shards": shards, **(extra or {})}
-        path = os.path.join(self.folder, "manifest.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(manifest, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic.write_json(manifest, os.path.join(self.folder, "manifest.json"))
         return manifest
 
 

@@ -1,8 +1,9 @@
 """Readers for real Sentinel-1 Wave Mode data: L1 SLC SAFE (folders or zips), netCDF imagettes, TenGeoP-SARwv,
-and L2 OCN wind/wave labels. prepare.py drives them through:
+and the L2 OCN wind/wave labels (ocn.py). SOURCES maps each data.source to its lister, reader and output dataset;
+a new source is one entry there. prepare.py drives them through:
 
     items = list_inputs(data_cfg)                 # small picklable dicts {"path", "id"[, "member"]...}, sorted
-    labels, failures = load_labels(data_cfg)      # id -> label dict from data.ocn_dir; [(file, reason)] unreadable
+    labels, failures = ocn.load_labels(data_cfg)  # id -> label dict from data.ocn_dir; [(file, reason)] unreadable
     image_db, meta = read_item(item, data_cfg, labels, timings=None)  # float32 [S, S] dB, finite; scalar meta
     InputError                                    # read_item: corrupt/truncated/malformed input, one-line message
 
@@ -50,32 +51,33 @@ import time
 import xml.etree.ElementTree as ET
 import zipfile
 from contextlib import contextmanager
+from typing import Callable, NamedTuple
 
 import netCDF4
 import numpy as np
 import scipy.sparse as sp
 import tifffile
 
-import shards
+from . import ocn
+from .errors import UserError
+from . import shards
+from . import tengeop
 
-CLASS_NAMES = {"F": "Pure Ocean Waves", "G": "Wind Streaks", "H": "Micro Convective Cells", "I": "Rain Cells",
-               "J": "Biological Slicks", "K": "Sea Ice", "L": "Iceberg", "M": "Low Wind Area",
-               "N": "Atmospheric Front", "O": "Oceanic Front"}
+CLASS_NAMES = tengeop.NAME_OF_LETTER  # TenGeoP letter -> class name
 SIGMA0_FLOOR_DB = -40.0  # below any NESZ: what noise removal may leave
 CAL_TOLERANCE = 0.01     # largest relative change of A^2 across an output cell for per-cell calibration
 BLOCK_ROWS = 128         # SLC rows per block: 2.8 MB int16 + 5.6 MB float32 at full width, stays in cache
-N_PARTITIONS = 3
 SPLITS = ("train", "val", "test")
-LABEL_COLUMNS = ("sar_wind", "ocn_nrcs", "ocn_nv", "az_cutoff", "hs_p1", "hs_p2", "hs_p3", "wl_p1", "wl_p2", "wl_p3",
-                 "land_flag", "quality_flag")
-EXTRA_COLUMNS = ("platform", "valid_frac") + LABEL_COLUMNS
-OCN_SCALARS = {"wind": "oswEcmwfWindSpeed", "sar_wind": "oswWindSpeed", "hs": "oswTotalHs", "ocn_nrcs": "oswNrcs",
-               "ocn_nv": "oswNv", "az_cutoff": "oswAzCutoff", "land_flag": "oswLandFlag",
-               "quality_flag": "oswQualityFlag", "incidence": "oswIncidenceAngle", "lat": "oswLat", "lon": "oswLon"}
+EXTRA_COLUMNS = ("platform", "valid_frac") + ocn.LABEL_COLUMNS
 
 
 class InputError(Exception):
-    """A corrupt, truncated or malformed input; the message is one line naming the item and the reason."""
+    """A corrupt, truncated or malformed input item; prepare.py skips it and lists the one-line message (the item
+    and the reason) in failures.jsonl."""
+
+
+class ListingError(UserError, ValueError):
+    """The inputs cannot be listed at all (a malformed TenGeoP index, an empty or missing data.input): exit 1."""
 
 
 @contextmanager
@@ -509,81 +511,11 @@ def read_tengeop(item, cfg, timings=None):
     return image, {**{k: item[k] for k in keys}, "platform": item["id"][:3], "valid_frac": valid_frac}
 
 
-# ---------------------------------------------------------------- OCN labels
-def _ocn_value(ds, name):
-    """Centre-cell value(s) of an osw variable, read raw; fills and values outside flag_values -> NaN."""
-    if name not in ds.variables:
-        return None
-    v = ds.variables[name]
-    v.set_auto_maskandscale(False)  # the int8 quality flag's fill need not fit int8: compare by value
-    x = np.asarray(v[...]).astype(np.float64)
-    bad = ~np.isfinite(x) | (x == -999.0)
-    for attr in ("_FillValue", "missing_value"):
-        if attr in v.ncattrs():
-            bad |= x == float(np.ravel(np.asarray(v.getncattr(attr), dtype=np.float64))[0])
-    if "flag_values" in v.ncattrs():
-        bad |= ~np.isin(x, np.asarray(v.getncattr("flag_values"), dtype=np.float64))
-    x = np.where(bad, np.nan, x * float(getattr(v, "scale_factor", 1.0)) + float(getattr(v, "add_offset", 0.0)))
-    return x[x.shape[0] // 2, x.shape[1] // 2] if x.ndim >= 2 else x  # (oswAzSize, oswRaSize[, partition])
-
-
-def read_ocn(path):
-    """One OCN netCDF -> (imagette id, labels, names of the variables it lacks)."""
-    with netCDF4.Dataset(path) as ds:
-        values = {key: _ocn_value(ds, var) for key, var in OCN_SCALARS.items()}
-        hs, wl = _ocn_value(ds, "oswHs"), _ocn_value(ds, "oswWl")
-    lacks = [OCN_SCALARS[k] for k, v in values.items() if v is None] + [n for n, v in (("oswHs", hs), ("oswWl", wl))
-                                                                        if v is None]
-    if all(values[k] is None for k in ("wind", "sar_wind", "hs")) and hs is None:
-        raise ValueError("no osw wind or wave variables")
-    labels = {k: float(np.ravel(v)[0]) if v is not None and np.size(v) else np.nan for k, v in values.items()}
-    hs = np.full(N_PARTITIONS, np.nan) if hs is None else np.ravel(hs)
-    wl = np.ravel(wl) if wl is not None and np.size(wl) == len(hs) else np.full(len(hs), np.nan)
-    order = np.argsort(np.where(np.isnan(hs), np.inf, -hs), kind="stable")  # most energetic partition first
-    hs, wl = np.r_[hs[order], [np.nan] * N_PARTITIONS], np.r_[wl[order], [np.nan] * N_PARTITIONS]
-    for i in range(N_PARTITIONS):
-        labels[f"hs_p{i + 1}"], labels[f"wl_p{i + 1}"] = float(hs[i]), float(wl[i]) if np.isfinite(hs[i]) else np.nan
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return stem.replace("-ocn-", "-slc-", 1), labels, lacks
-
-
-def load_labels(data_cfg):
-    """Labels of every OCN file under data.ocn_dir -> ({id: labels}, [(file, reason)] for unreadable files)."""
-    folder = data_cfg.get("ocn_dir")
-    if not folder:
-        return {}, []
-    if not os.path.isdir(folder):
-        raise ValueError(f"data.ocn_dir '{folder}' is not a folder")
-    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".nc"))
-    labels, failures, lacking, dropped = {}, [], {}, {"land": 0, "quality": 0}
-    max_q, drop_land = data_cfg.get("ocn_max_quality"), data_cfg.get("ocn_drop_land", True)
-    for path in paths:
-        try:
-            key, lab, lacks = read_ocn(path)
-        except (OSError, RuntimeError, ValueError, KeyError, IndexError) as e:
-            failures.append((path, " ".join(f"unreadable OCN file: {e}".split())))
-            print(f"skip {path}: {failures[-1][1]}")
-            continue
-        for name in lacks:
-            lacking[name] = lacking.get(name, 0) + 1
-        reason = "land" if drop_land and lab["land_flag"] == 1 else \
-            "quality" if max_q is not None and lab["quality_flag"] > max_q else None
-        if reason:  # blank every label, keep the flags that explain why
-            dropped[reason] += 1
-            lab = {k: (v if k in ("land_flag", "quality_flag") else np.nan) for k, v in lab.items()}
-        labels[key] = lab
-    unusable = ", ".join(f"{k} {sum(np.isnan(l[k]) for l in labels.values())}" for k in ("wind", "sar_wind", "hs"))
-    print(f"OCN labels: {len(labels)} of {len(paths)} files, {len(failures)} unreadable, {dropped['land']} dropped "
-          f"as land, {dropped['quality']} for quality; NaN (missing/fill/filtered): {unusable}"
-          + "".join(f"; {k} absent in {n}" for k, n in sorted(lacking.items())))
-    return labels, failures
-
-
 # ---------------------------------------------------------------- listing inputs, splits
 def _fractions(cfg):
     f = cfg.get("split_fractions", [0.8, 0.05, 0.15])
     if abs(sum(f) - 1) > 1e-6:
-        raise ValueError(f"data.split_fractions {f} must sum to 1")
+        raise ListingError(f"data.split_fractions {f} must sum to 1")
     return f
 
 
@@ -593,7 +525,7 @@ def hash_split(item_id, seed, fractions):
     return "train" if h < fractions[0] else "val" if h < fractions[0] + fractions[1] else "test"
 
 
-def _list_safe(folder):
+def _list_safe(folder, cfg):
     items = []
     for d, subdirs, files in os.walk(folder):
         subdirs.sort()
@@ -616,7 +548,7 @@ def _list_safe(folder):
 
 def _read_lines(path):
     if not os.path.isfile(path):
-        raise ValueError(f"TenGeoP: {path} is missing")
+        raise ListingError(f"TenGeoP: {path} is missing")
     with open(path, encoding="utf-8", errors="replace") as f:
         return [(n + 1, line.split()) for n, line in enumerate(f) if line.strip() and not line.startswith("#")]
 
@@ -625,7 +557,7 @@ def _list_tengeop(folder, cfg):
     classes = {}
     for n, fields in _read_lines(os.path.join(folder, "58682.txt")):
         if fields[0] not in CLASS_NAMES or len(fields) < 2:
-            raise ValueError(f"TenGeoP 58682.txt line {n}: expected '<letter F..O> <name>', got {' '.join(fields)!r}")
+            raise ListingError(f"TenGeoP 58682.txt line {n}: expected '<letter F..O> <name>', got {' '.join(fields)!r}")
         classes[fields[0]] = " ".join(fields[1:])
     rows = []
     for n, fields in _read_lines(os.path.join(folder, "58683.txt")):
@@ -636,14 +568,14 @@ def _list_tengeop(folder, cfg):
         if coords is None or len(fields) < 6 or fields[1] not in classes:
             if n == 1 and coords is None:
                 continue  # a header line
-            raise ValueError(f"TenGeoP 58683.txt line {n}: expected 'path letter beam time c1 c2' with a class letter "
+            raise ListingError(f"TenGeoP 58683.txt line {n}: expected 'path letter beam time c1 c2' with a class letter "
                              f"of 58682.txt, got {' '.join(fields)!r}")
         rows.append((fields[0], fields[1], fields[2].lower(), " ".join(fields[3:-2]), *coords))
     if not rows:
-        raise ValueError(f"TenGeoP: {folder}/58683.txt lists no images")
+        raise ListingError(f"TenGeoP: {folder}/58683.txt lists no images")
     big = np.abs(np.array([r[4:] for r in rows])).max(axis=0) > 90
     if big.all():
-        raise ValueError("TenGeoP 58683.txt: both coordinate columns have values beyond +-90")
+        raise ListingError("TenGeoP 58683.txt: both coordinate columns have values beyond +-90")
     lon_first = bool(big[0])
     tif_root = os.path.join(folder, "GeoTIFF") if os.path.isdir(os.path.join(folder, "GeoTIFF")) else folder
     letters = sorted(CLASS_NAMES)
@@ -664,30 +596,27 @@ def _list_tengeop(folder, cfg):
     return items
 
 
+def _list_netcdf(folder, cfg):
+    skip = os.path.realpath(cfg["ocn_dir"]) + os.sep if cfg.get("ocn_dir") else None
+    return [{"path": os.path.join(d, f), "id": os.path.splitext(f)[0]} for d, _, files in os.walk(folder)
+            for f in files if f.endswith(".nc") and not (skip and (os.path.realpath(d) + os.sep).startswith(skip))]
+
+
 def list_inputs(data_cfg):
     """All imagettes of data.source under data.input, sorted deterministically, as small picklable dicts."""
     source, folder = data_cfg["source"], data_cfg.get("input")
-    if source not in READERS:
-        raise ValueError(f"data.source '{source}' is not a real-data source ({', '.join(READERS)})")
+    if source not in SOURCES:
+        raise ListingError(f"data.source '{source}' is not a real-data source ({', '.join(SOURCES)})")
     if not folder or not os.path.isdir(folder):
-        raise ValueError(f"data.input '{folder}' is not a folder (needed for data.source={source})")
-    if source == "tengeop":
-        return _list_tengeop(folder, data_cfg)
+        raise ListingError(f"data.input '{folder}' is not a folder (needed for data.source={source})")
     _fractions(data_cfg)
-    if source == "safe":
-        items = _list_safe(folder)
-    else:
-        skip = os.path.realpath(data_cfg["ocn_dir"]) + os.sep if data_cfg.get("ocn_dir") else None
-        items = [{"path": os.path.join(d, f), "id": os.path.splitext(f)[0]} for d, _, files in os.walk(folder)
-                 for f in files if f.endswith(".nc") and not (skip and (os.path.realpath(d) + os.sep).startswith(skip))]
+    items = SOURCES[source].list(folder, data_cfg)
     if not items:
-        raise ValueError(f"data.input '{folder}' holds no {source} inputs "
-                         f"({'*.SAFE folders or *.zip' if source == 'safe' else '*.nc files'})")
-    return sorted(items, key=lambda it: (it["path"], it.get("member", "")))
+        raise ListingError(f"data.input '{folder}' holds no {source} inputs ({SOURCES[source].holds})")
+    return items if source == "tengeop" else sorted(items, key=lambda it: (it["path"], it.get("member", "")))
 
 
 # ---------------------------------------------------------------- one item
-READERS = {"safe": read_safe, "netcdf": read_netcdf, "tengeop": read_tengeop}
 READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError, struct.error, zipfile.BadZipFile,
                ET.ParseError, tifffile.TiffFileError)
 
@@ -698,7 +627,7 @@ def read_item(item, data_cfg, labels, timings=None):
     source = data_cfg["source"]
     where = item["path"] + (f"[{item['member']}]" if item.get("member") else "")
     try:
-        image, meta = READERS[source](item, data_cfg, timings)
+        image, meta = SOURCES[source].read(item, data_cfg, timings)
     except InputError as e:
         raise InputError(" ".join(f"{where}: {e}".split()))
     except READ_ERRORS as e:
@@ -712,5 +641,18 @@ def read_item(item, data_cfg, labels, timings=None):
     for key in ("incidence", "lat", "lon"):  # the image's own geometry, the OCN cell's where it has none
         value = float(meta.get(key, np.nan))
         out[key] = value if np.isfinite(value) else float(lab.get(key, np.nan))
-    out.update({k: float(lab.get(k, np.nan)) for k in LABEL_COLUMNS})
+    out.update({k: float(lab.get(k, np.nan)) for k in ocn.LABEL_COLUMNS})
     return image, out
+
+
+# ---------------------------------------------------------------- the sources
+class Source(NamedTuple):
+    list: Callable      # (data.input folder, data cfg) -> items
+    read: Callable      # (item, data cfg, timings) -> (dB image, meta)
+    dataset: str        # the folder under data.root that prepare.py writes
+    holds: str          # what data.input should contain (for the message when it is empty)
+
+
+SOURCES = {"safe": Source(_list_safe, read_safe, "archive", "*.SAFE folders or *.zip"),
+           "netcdf": Source(_list_netcdf, read_netcdf, "archive", "*.nc files"),
+           "tengeop": Source(_list_tengeop, read_tengeop, "tengeop", "58682.txt, 58683.txt and GeoTIFF/")}
