@@ -230,49 +230,70 @@ def _release_head(report, feats, ds, rows, masks, target, head):
           f"n_test={res['n']}")
 
 
-def run_evaluation(cfg):
-    """Evaluate eval.checkpoint on the configured tasks and write the report (module docstring); returns it."""
-    e, run_out, t0 = cfg["eval"], cfg["train"]["out"], time.perf_counter()
-    if e["device"] == "cuda" and not torch.cuda.is_available():
-        raise EvalError("eval.device=cuda but no CUDA device is available")
-    device = torch.device("cuda" if e["device"] != "cpu" and torch.cuda.is_available() else "cpu")
+def check_inputs(cfg):
+    """(checkpoint path, {task: dataset}, output folder); every input and the output folder are checked before
+    any work (exit 2 naming the key). Without eval.checkpoint: <train.out>/checkpoint.pt, else backbone.pt."""
+    e, run_out = cfg["eval"], cfg["train"]["out"]
     ckpt = e["checkpoint"] or os.path.join(run_out, "checkpoint.pt")
     if not e["checkpoint"] and not os.path.isfile(ckpt) and os.path.isfile(os.path.join(run_out, "backbone.pt")):
         ckpt = os.path.join(run_out, "backbone.pt")
     tasks = {key: e[key] for key in ("classification", "regression") if e[key]}
     if not tasks:
         raise EvalError("nothing to evaluate: eval.classification and eval.regression are both empty")
-    # Every input and the output folder are checked before any work (exit 2 naming the key).
     if not e["checkpoint"] and not os.path.isfile(ckpt):
         raise config.ConfigError(f"config key 'eval.checkpoint': not set, and train.out {run_out} holds neither "
                                  f"checkpoint.pt nor backbone.pt")
     config.check_inputs(cfg, {"eval.checkpoint": "weights", **{f"eval.{key}": "dataset" for key in tasks}})
     out = config.check_writable(e["out"] or os.path.join(run_out, "eval"), "eval.out" if e["out"] else "train.out")
-    backbone, spec, loaded = weights.load_backbone(ckpt, cfg)
-    head = weights.release_head(ckpt) if e["release_head"] else None
-    if head is not None and not e["regression"]:
-        raise EvalError(f"eval.release_head={e['release_head']} needs eval.regression (a dataset with that label)")
+    return ckpt, tasks, out
+
+
+def networks(backbone, spec, e, device):
+    """{row name: backbone}: the pretrained one and, with eval.baselines, eval.random_seeds random
+    initialisations of the same architecture ("random_init#<seed>")."""
     nets = {"pretrained": backbone.to(device)}
-    if e["baselines"]:                       # random_init: eval.random_seeds draws of the same architecture
+    if e["baselines"]:
         options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers}
                    if isinstance(backbone, models.VisionTransformer) else {"width": getattr(backbone, "width", 64)})
         for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
             nets[f"random_init#{seed}"] = models.build_backbone(
                 *spec, generator=torch.Generator().manual_seed(seed), **options).to(device)
+    return nets
+
+
+def dataset_features(path, nets, e, device):
+    """(dataset, labelled rows in a split, [train, val, test] masks over them, {row: features}): one feature pass
+    per dataset, shared by its tasks."""
+    ds = shards.ShardDataset(path, verify=e["verify"])
+    split, m = probes.dataset_splits(ds.meta, e["split_seed"]), ds.meta
+    labelled = (m["class_idx"] >= 0) | np.isfinite(m["wind"]) | np.isfinite(m["hs"])
+    rows = np.flatnonzero(labelled & np.isin(split, ("train", "val", "test")))
+    masks = [torch.from_numpy(split[rows] == s) for s in ("train", "val", "test")]
+    feats = probes.extract_features(ds, rows, nets, device, e["batch_size"], e["n_last_blocks"], e["avgpool"],
+                                    physics=e["baselines"])
+    return ds, rows, masks, feats
+
+
+def run_evaluation(cfg):
+    """Evaluate eval.checkpoint on the configured tasks and write the report (module docstring); returns it."""
+    e, t0 = cfg["eval"], time.perf_counter()
+    if e["device"] == "cuda" and not torch.cuda.is_available():
+        raise EvalError("eval.device=cuda but no CUDA device is available")
+    device = torch.device("cuda" if e["device"] != "cpu" and torch.cuda.is_available() else "cpu")
+    ckpt, tasks, out = check_inputs(cfg)
+    backbone, spec, loaded = weights.load_backbone(ckpt, cfg)
+    head = weights.release_head(ckpt) if e["release_head"] else None
+    if head is not None and not e["regression"]:
+        raise EvalError(f"eval.release_head={e['release_head']} needs eval.regression (a dataset with that label)")
+    nets = networks(backbone, spec, e, device)
     print(f"evaluating {ckpt}: {spec[0]} (patch {spec[1]}, built at {spec[2]} px) on {device}; {loaded}")
     report = {"checkpoint": ckpt, "arch": spec[0],
               "feature_dim": backbone.feature_dim(e["n_last_blocks"], e["avgpool"]),
               "results": {row: {} for row in model_groups([*nets, *(["physics"] if e["baselines"] else [])])}}
     cache, names, scatter = {}, None, {}
     for key, path in tasks.items():
-        if path not in cache:                # one feature pass per dataset, shared by its tasks
-            ds = shards.ShardDataset(path, verify=e["verify"])
-            split, m = probes.dataset_splits(ds.meta, e["split_seed"]), ds.meta
-            labelled = (m["class_idx"] >= 0) | np.isfinite(m["wind"]) | np.isfinite(m["hs"])
-            rows = np.flatnonzero(labelled & np.isin(split, ("train", "val", "test")))
-            masks = [torch.from_numpy(split[rows] == s) for s in ("train", "val", "test")]
-            cache[path] = ds, rows, masks, probes.extract_features(ds, rows, nets, device, e["batch_size"],
-                                                            e["n_last_blocks"], e["avgpool"], physics=e["baselines"])
+        if path not in cache:
+            cache[path] = dataset_features(path, nets, e, device)
         ds, rows, masks, feats = cache[path]
         if key == "classification":
             names = _classification(report, feats, ds, rows, masks, e)

@@ -236,8 +236,8 @@ def read_real_shards(folder, items, d, labels):
     num_shards = -(-len(items) // sps)
     jobs = [(folder, k, items[k * sps:(k + 1) * sps], d, labels)
             for k in range(num_shards) if not writer.is_complete(k)]
-    for result in run_jobs(real_shard_job, jobs, d["workers"], total=sum(len(j[2]) for j in jobs), desc=os.path.basename(folder),
-                           unit_of=lambda r: 0 if isinstance(r, dict) else r):
+    for result in run_jobs(real_shard_job, jobs, d["workers"], total=sum(len(j[2]) for j in jobs),
+                           desc=os.path.basename(folder), unit_of=lambda r: 0 if isinstance(r, dict) else r):
         if isinstance(result, dict):
             raise errors.UserError(f"--strict: {result['fatal']}")
     return num_shards

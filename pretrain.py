@@ -18,20 +18,17 @@ Commands (one code path; the process group comes from the torchrun environment w
              --rdzv_endpoint=<host0>:29500 pretrain.py configs/oceansar1.yaml  # 4 nodes (run on each node)
 A run resumes from <out>/checkpoint.pt (train.resume=false starts over). Exit codes: 0 done, 1 bad input or
 state (one line: a corrupt shard, an unreadable checkpoint, a full disk, a lost peer), 2 bad config (checked
-before any work), 3 non-finite loss. train.verify (--verify) hashes every shard first (each is hashed anyway
-when first read).
+before any work), 3 non-finite loss. --verify hashes every shard first (each is hashed anyway when first read).
 
-checkpoint.pt (torch.load(path, weights_only=True) reads it): student, teacher (MultiCropWrapper state dicts, so
-weights.load_backbone_weights(backbone, checkpoint) takes the teacher backbone), optimizer, dino_loss (the
-centre; dinov2: center and ibot_center), epoch (of `indices`), iteration (the next one to run), iters_per_epoch,
-global_batch, rng (global torch/numpy/python/CUDA states), config, indices (the epoch's subset, int64) and pruner
-(prune.Pruner's state).
+checkpoint.pt holds checkpoint.training_state: student, teacher, dino_loss, optimizer, epoch, iteration,
+iters_per_epoch, global_batch, rng, config, pruner (prune.Pruner's state) and indices (the epoch's subset);
+torch.load(path, weights_only=True) reads it and weights.load_backbone_weights takes its teacher backbone.
 
-The loop, top to bottom: set up the process group and output; open the dataset; build student, teacher, loss,
-optimiser and schedules (oceansar/dino.py, dinov2.py); resume; then per epoch ask the pruner for the subset,
-deal it to the ranks, and run one DINO step per batch: augment (from a (seed, epoch, iteration, rank)
-generator), teacher on the two globals, student on every crop, loss, backward, per-parameter clipping, AdamW,
-EMA. One epoch is ceil(ceil(rho N) / global batch) iterations in every pruning mode (oceansar/epochs.py).
+The loop, top to bottom: process group and output; dataset; student, teacher, loss, optimiser and schedules
+(oceansar/dino.py, dinov2.py); resume; then per epoch the pruner's subset, dealt to the ranks, and one DINO step
+per batch: augment (a (seed, epoch, iteration, rank) generator), teacher on the two globals, student on every
+crop, loss, backward, per-parameter clipping, AdamW, EMA. One epoch is ceil(ceil(rho N) / global batch)
+iterations in every pruning mode (oceansar/epochs.py).
 """
 
 import os
@@ -58,8 +55,7 @@ from oceansar.model import count_params
 
 
 class NonFiniteLoss(errors.UserError):
-    """The loss became NaN/inf (exit code 3)."""
-    code = errors.EXIT_NON_FINITE
+    code = errors.EXIT_NON_FINITE  # the loss became NaN/inf: exit code 3
 
 
 class Trainer:
@@ -90,48 +86,48 @@ class Trainer:
         """The archive, the epoch length and schedules, and the in-training kNN's labelled set."""
         t, e = self.t, self.cfg["eval"]
         self.dataset = shards.ShardDataset(t["data"], verify=t["verify"])
-        if self.main and (warning := shards.near_constant_warning(self.dataset)):
-            tqdm.write(f"warning: train.data {warning}", file=sys.stderr)
+        if warning := shards.near_constant_warning(self.dataset):
+            self.say(f"warning: train.data {warning}", sys.stderr)
         self.global_batch = t["batch_size_per_gpu"] * self.world
         self.ipe = iters_per_epoch(self.cfg["prune"]["rho"], len(self.dataset), self.global_batch)
         self.total_iters = t["epochs"] * self.ipe
         self.stop_at = min(self.total_iters, t["max_iters"] or self.total_iters)
         self.sched = dino.build_schedules(t, self.ipe, self.global_batch)
-        self.knn = None
+        self.knn = None  # the in-training kNN on rank 0, every train.eval_every epochs
         if t["eval_every"] and t["eval_data"] and self.main:
             self.knn = probes.KnnMonitor(t["eval_data"], e["knn_k"], e["knn_temperature"], e["split_seed"],
                                          e["batch_size"])
 
     def build_model(self):
         """Student and teacher (identical initial weights), the loss with its centre, AdamW, the augmentations."""
-        t, m = self.t, self.cfg["model"]
+        t = self.t
         self.student, self.teacher = dino.build_student_teacher(self.cfg, self.device)
         if self.device.type == "cuda" and self.world > 1:  # ResNet: batch statistics over all GPUs
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.optimizer = torch.optim.AdamW(dino.param_groups(self.student))
-        self.v2, n_crops = t["objective"] == "dinov2", 2 + t["local_crops_number"]
-        if self.v2:  # kept under the checkpoint key dino_loss: its centres are the loss state either way
-            self.dino_loss = dinov2.DINOv2Loss(m["out_dim"], n_crops, t["student_temp"], t["ibot_student_temp"],
-                                               t["center_momentum"], t["centering"], t["ibot_weight"],
-                                               t["koleo_weight"]).to(self.device)
-        else:
-            self.dino_loss = dino.DINOLoss(m["out_dim"], n_crops, t["student_temp"], t["center_momentum"]).to(self.device)
+        self.v2, self.dino_loss = t["objective"] == "dinov2", dino.build_loss(self.cfg, self.device)
         self.augment = SARAugment(self.cfg, self.dataset.std)
         self.drop_path_gen = torch.Generator(self.device)
         self.student.backbone.set_drop_path_generator(self.drop_path_gen)
         self.pruner = prune.Pruner(self.cfg)
-        self.iteration, self.indices, self.loss_terms, self.ln_k = 0, None, {}, math.log(m["out_dim"])
+        self.iteration, self.indices, self.loss_terms = 0, None, {}
+        self.ln_k = math.log(self.cfg["model"]["out_dim"])
 
     def restore(self):
         """Resume from checkpoint.pt when there is one (and train.resume), then open the log."""
         resumed = self.t["resume"] and os.path.exists(self.ckpt_path)
         if resumed:
-            self.load(checkpoint.load(self.ckpt_path))
+            ck = checkpoint.load(self.ckpt_path)
+            self.iteration = checkpoint.restore_training(ck, self.ckpt_path, self.modules(), self.optimizer,
+                                                         self.pruner, self.ipe, self.global_batch)
+            if self.iteration // self.ipe == ck["epoch"]:  # stopped inside an epoch: finish it on the same subset
+                self.indices = ck["indices"].numpy()
         self.log = runlog.RunLog(os.path.join(self.out, "log.jsonl"), self.main, fresh=not resumed)
         if resumed:
-            self.log.write(event="resumed", iteration=self.iteration, epoch=self.iteration // self.ipe)
-            self.say(f"resuming from {self.ckpt_path} at iteration {self.iteration} (epoch {self.iteration // self.ipe})")
+            epoch = self.iteration // self.ipe
+            self.log.write(event="resumed", iteration=self.iteration, epoch=epoch)
+            self.say(f"resuming from {self.ckpt_path} at iteration {self.iteration} (epoch {epoch})")
 
     def wrap_for_speed(self):
         """DDP over the ranks and torch.compile when asked; the unwrapped modules stay what is saved."""
@@ -141,51 +137,31 @@ class Trainer:
             self.student_fwd = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
         if self.t["compile"]:
             self.student_fwd, self.teacher_fwd = torch.compile(self.student_fwd), torch.compile(self.teacher)
-        self.trainable = [p for p in self.student.parameters() if p.requires_grad]
         self.s_params, self.t_params = list(self.student.parameters()), list(self.teacher.parameters())
+        self.trainable = [p for p in self.s_params if p.requires_grad]
         self.last_layer = [p for n, p in self.student.named_parameters() if "last_layer" in n.split(".")]
         self.flops_img = mfu.train_flops_per_image(self.student.backbone, self.student.head, self.t)
+        params = count_params(self.student.backbone) / 1e6
         self.say(f"{len(self.dataset)} images, {self.ipe} iterations/epoch of {self.global_batch} ({self.world} x "
-                 f"{self.t['batch_size_per_gpu']}), {self.total_iters} iterations; "
-                 f"{count_params(self.student.backbone) / 1e6:.1f}M backbone parameters, "
+                 f"{self.t['batch_size_per_gpu']}), {self.total_iters} iterations; {params:.1f}M backbone parameters, "
                  f"{self.flops_img / 1e9:.2f} GFLOP per image and step, on {self.device}")
 
-    def say(self, message):
+    def say(self, message, file=None):  # rank 0 speaks; warnings go to stderr
         if self.main:
-            tqdm.write(message)
+            tqdm.write(message, file=file)
 
     # ---------------------------------------------------------------------------------------------- state
-    def load(self, ck):
-        if (ck["iters_per_epoch"], ck["global_batch"]) != (self.ipe, self.global_batch):
-            raise checkpoint.CheckpointError(
-                f"{self.ckpt_path}: saved with {ck['iters_per_epoch']} iterations/epoch at global batch "
-                f"{ck['global_batch']}, this run has {self.ipe} at {self.global_batch} (resuming needs the same "
-                f"world size, batch and prune.rho; train.resume=false starts over)")
-        for module, key, what in ((self.student, "student", "student"), (self.teacher, "teacher", "teacher"),
-                                  (self.dino_loss, "dino_loss", "DINO centre")):
-            checkpoint.load_strict(module, ck[key], what, self.ckpt_path)
-        self.optimizer.load_state_dict(ck["optimizer"])
-        checkpoint.set_rng_states(ck["rng"])
-        self.iteration = ck["iteration"]
-        self.pruner.load_state_dict(ck["pruner"])
-        if self.iteration // self.ipe == ck["epoch"]:  # stopped inside an epoch: finish it on the same subset
-            self.indices = ck["indices"].numpy()
+    def modules(self):
+        return {"student": self.student, "teacher": self.teacher, "dino_loss": self.dino_loss}
 
     def save(self, epoch, snapshot=False):
         """Rank 0 writes the full state to <out>/checkpoint.pt (atomically); a snapshot is a hard link to it."""
-        if not self.main:
-            return
-        checkpoint.save({"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                         "optimizer": self.optimizer.state_dict(), "dino_loss": self.dino_loss.state_dict(),
-                         "epoch": epoch, "iteration": self.iteration, "iters_per_epoch": self.ipe,
-                         "global_batch": self.global_batch, "rng": checkpoint.rng_states(),
-                         "config": config.as_json(self.cfg), "pruner": self.pruner.state_dict(),
-                         "indices": torch.from_numpy(np.asarray(self.indices, dtype=np.int64))}, self.ckpt_path)
-        if snapshot:
-            snap = os.path.join(self.out, f"checkpoint_e{epoch + 1:04d}.pt")
-            if os.path.exists(snap):
-                os.remove(snap)
-            os.link(self.ckpt_path, snap)  # the rolling file is replaced by rename, so the link keeps this version
+        if self.main:
+            checkpoint.save(checkpoint.training_state(self.modules(), self.optimizer, config.as_json(self.cfg),
+                                                      self.pruner, epoch, self.iteration, self.ipe, self.global_batch,
+                                                      self.indices), self.ckpt_path)
+            if snapshot:
+                checkpoint.save_snapshot(self.ckpt_path, os.path.join(self.out, f"checkpoint_e{epoch + 1:04d}.pt"))
 
     # ---------------------------------------------------------------------------------------------- one step
     def step(self, x, epoch):
@@ -195,10 +171,7 @@ class Trainer:
         crops = self.augment(x, torch.Generator(self.device).manual_seed(streams.seed(t["seed"], epoch, it, self.rank,
                                                                                      streams.AUGMENT)))
         self.drop_path_gen.manual_seed(streams.seed(t["seed"], it, self.rank, streams.DROP_PATH))
-        for group in self.optimizer.param_groups:
-            group["lr"] = float(self.sched["lr"][it])
-            if group["decay"]:
-                group["weight_decay"] = float(self.sched["wd"][it])
+        dino.set_schedule(self.optimizer, self.sched, it)
         loss, stats, names = self.losses(crops, self.masks(epoch, it, 2 * len(x)) if self.v2 else (), it)
         loss_value, entropy, batch_entropy, feature_std, *values = distributed.all_reduce_mean(stats.float()).tolist()
         self.loss_terms = dict(zip(names, values), **({"loss_total": loss_value} if self.v2 else {}))
@@ -232,9 +205,9 @@ class Trainer:
             with torch.no_grad():
                 t_out, t_feats = self.teacher_fwd(crops[:2], *masks, return_backbone_features=True)
             s_out = self.student_fwd(crops, *masks)
-        temp = float(self.sched["teacher_temp"][it])
+        temp, ibot_temp = float(self.sched["teacher_temp"][it]), float(self.sched["ibot_teacher_temp"][it])
         if self.v2:
-            loss, entropies, terms = self.dino_loss(s_out, t_out, *masks, temp, float(self.sched["ibot_teacher_temp"][it]))
+            loss, entropies, terms = self.dino_loss(s_out, t_out, *masks, temp, ibot_temp)
         else:
             (loss, entropies), terms = self.dino_loss(s_out, t_out, temp), {}
         stats = torch.cat([loss.detach()[None], entropies, collapse.feature_spread(t_feats)[None],
@@ -271,15 +244,11 @@ class Trainer:
             record["warning"] = found
         for kind in set(found) - warned:
             warned.add(kind)
-            self.say(f"warning: iteration {self.iteration}: {collapse.MESSAGES[kind]}")
+            self.say(f"warning: iteration {self.iteration}: {collapse.MESSAGES[kind]}", sys.stderr)
         self.log.write(**record)
         bar.set_postfix(loss=f"{loss:.3f}", H=f"{diagnostics['teacher_entropy']:.2f}",
                         protos=f"{record['prototypes_in_use']:.0f}", fstd=f"{diagnostics['feature_std']:.2f}",
                         img_s=f"{images_per_s:.1f}")
-
-    def knn_record(self):
-        """The in-training kNN on the teacher backbone (rank 0; None when train.eval_every is 0)."""
-        return self.knn(self.teacher.backbone, self.device) if self.knn is not None else None
 
     # ---------------------------------------------------------------------------------------------- one epoch
     def run_epoch(self, epoch, bar):
@@ -295,14 +264,15 @@ class Trainer:
         norm = np.asarray(losses) / self.ln_k
         record = {"event": "epoch", "epoch": epoch, "iteration": self.iteration, "complete": complete,
                   "loss": float(np.mean(losses)), "loss_norm": float(norm.mean()), "subset": len(self.indices),
-                  "epoch_s": time.perf_counter() - start, "curation_s": curation_s, **({"curation": curation} if curation else {})}
+                  "epoch_s": time.perf_counter() - start, "curation_s": curation_s,
+                  **({"curation": curation} if curation else {})}
         if complete and np.all(np.abs(norm - 1) < 0.01):
             record["warning"] = "collapse"
             self.say(f"warning: epoch {epoch}: the loss stayed within 1% of ln(out_dim) = {self.ln_k:.3f} all epoch: "
-                     f"the teacher and student outputs look collapsed to uniform")
+                     f"the teacher and student outputs look collapsed to uniform", sys.stderr)
         last = self.iteration == self.stop_at  # a run cut by train.max_iters still gets its final evaluation
-        if self.t["eval_every"] and (complete and (epoch + 1) % self.t["eval_every"] == 0 or last) and self.main:
-            record["knn"] = self.knn_record()
+        if self.knn is not None and (complete and (epoch + 1) % self.t["eval_every"] == 0 or last):
+            record["knn"] = self.knn(self.teacher.backbone, self.device)
         self.log.write(**record)
         if self.main:                  # the epoch's checkpoint is saved and its record logged: redraw the run
             curves.draw_run(self.out)
@@ -343,7 +313,7 @@ class Trainer:
         bar = tqdm(total=self.stop_at, initial=self.iteration, disable=not self.main, dynamic_ncols=True,
                    mininterval=1.0)
         if self.iteration == 0 and self.knn is not None:  # the curve's starting point: the initialisation
-            self.log.write(event="eval", epoch=-1, iteration=0, knn=self.knn_record())
+            self.log.write(event="eval", epoch=-1, iteration=0, knn=self.knn(self.teacher.backbone, self.device))
         try:
             while self.iteration < self.stop_at:
                 self.run_epoch(self.iteration // self.ipe, bar)
@@ -361,8 +331,7 @@ def run(argv):
     """Pretrain (or resume) with the config of argv; returns the finished Trainer."""
     cfg = config.load(argv, stage="train")
     t = cfg["train"]
-    config.check_inputs(cfg, {"train.data": "dataset", "train.eval_data": "dataset"} if t["eval_every"] else
-                        {"train.data": "dataset"})
+    config.check_inputs(cfg, {"train.data": "dataset", **({"train.eval_data": "dataset"} if t["eval_every"] else {})})
     if int(os.environ.get("RANK", 0)) == 0:
         config.check_writable(t["out"], "train.out")
         config.show(cfg, ["model", "train", "aug", "prune"])

@@ -299,14 +299,14 @@ def curate(backbone, dataset, cfg, epoch):
     return np.sort(pool[kept]).astype(np.int64), info, pool, clusters
 
 
-def curation_montage(dataset, pool, leaf, indices, cfg, epoch):
+def curation_montage(dataset, pool, leaf, indices, cfg, epoch, limit=MAX_CURATION_MONTAGES):
     """In training (rank 0 calls it): <train.out>/curation_e<epoch>.png, the kept set of this curation by cluster.
 
-    Every curation of a static run and at most MAX_CURATION_MONTAGES of a dynamic one, evenly spread over the
+    Every curation of a static run and at most `limit` of a dynamic one, evenly spread over the
     run and always the first. Returns the path, or None when this curation is not drawn."""
     p, t = cfg["prune"], cfg["train"]
     n_curations = len(range(p["warmup_epochs"], t["epochs"], p["every"])) if p["mode"] == "dynamic" else 1
-    stride = math.ceil(n_curations / MAX_CURATION_MONTAGES)
+    stride = math.ceil(n_curations / limit)
     if p["mode"] == "dynamic" and ((epoch - p["warmup_epochs"]) // p["every"]) % stride:
         return None
     kept = np.flatnonzero(np.isin(pool, indices))

@@ -31,10 +31,11 @@ variant runs the same iterations of the same batch on the same model; the curati
 The same seed gives every variant the same initial weights and the same warm-up subsets, so differences to
 `none` are paired by seed.
 
-Resume: a run is identified by a hash of its stage configs, the code (every top-level .py but study*.py) and the
-prepared data's manifests, stored in run.json. Rerunning skips finished runs with the same hash, resumes
-unfinished ones (pretrain.py resumes from its checkpoint) and refuses, before running anything, when a run
-folder holds a run made with other code or config (delete that folder to redo it, or use another study.out).
+Resume: a run is identified by a hash of its stage configs, the code (the stage scripts and oceansar/, the
+study's own two files aside) and the prepared data's manifests, stored in run.json. Rerunning skips finished runs
+with the same hash, resumes unfinished ones (pretrain.py resumes from its checkpoint) and refuses, before running
+anything, when a run folder holds a run made with other code or config (delete that folder to redo it, or use
+another study.out).
 
 results.md: per variant, iterations and images seen to reach 90 % and 95 % of `none`'s final validation kNN
 accuracy (linear interpolation between evaluations; "not reached" when a seed never gets there), final test
@@ -61,6 +62,7 @@ import yaml
 
 from oceansar import atomic
 from oceansar import config
+from oceansar import errors
 from oceansar import shards
 from oceansar import study_report
 from oceansar.epochs import iters_per_epoch
@@ -94,8 +96,9 @@ SCALES = {
 }
 
 
-class StudyError(RuntimeError):
+class StudyError(errors.UserError):
     """A study folder that cannot be resumed safely (one line, exit code 2)."""
+    code = errors.EXIT_CONFIG
 
 
 def as_args(overrides):
@@ -165,13 +168,14 @@ def variant_overrides(name, given, cfg):
 
 # ---------------------------------------------------------------------------------------------- runs
 def code_hash():
-    """The stage code every run depends on: all top-level .py files but the study's own (which only orchestrate
-    and report)."""
+    """The code every run depends on: the stage scripts and the oceansar package, but the study's own files
+    (which only orchestrate and report)."""
     h = hashlib.sha256()
     here = os.path.dirname(os.path.abspath(__file__))
-    for path in sorted(glob.glob(os.path.join(here, "*.py"))):
-        if os.path.basename(path) not in ("study.py", "study_report.py"):
-            h.update(os.path.basename(path).encode() + open(path, "rb").read())
+    for path in sorted(glob.glob(os.path.join(here, "*.py")) + glob.glob(os.path.join(here, "oceansar", "*.py"))):
+        name = os.path.relpath(path, here)
+        if name not in ("study.py", os.path.join("oceansar", "study_report.py")):
+            h.update(name.encode() + open(path, "rb").read())
     return h.hexdigest()
 
 
@@ -212,8 +216,7 @@ def run_stage(script, cfg_path, args, log_path):
         log.flush()
         r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if r.returncode != 0:
-        print(f"error: {' '.join(cmd)} failed with exit code {r.returncode}; see {log_path}", file=sys.stderr)
-        sys.exit(1)
+        raise errors.UserError(f"{' '.join(cmd)} failed with exit code {r.returncode}; see {log_path}")
     return time.perf_counter() - t
 
 
@@ -262,27 +265,19 @@ def execute(runs, resolved):
         print(f"  {folder}: " + ", ".join(f"{k} {v:.0f} s" for k, v in record.items() if k.endswith("_s")))
 
 
-def main(argv):
-    try:
-        cfg, variants = load_study(argv)
-    except config.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def run(argv):
+    cfg, variants = load_study(argv)
     s = cfg["study"]
     resolved = config.save(cfg, s["out"])  # what every stage reads
     print(f"study: {', '.join(variants)} x seeds {s['seeds']}, scale {s['scale']}, in {s['out']}")
     start = time.perf_counter()
     if not os.path.exists(os.path.join(cfg["train"]["data"], "manifest.json")):
         run_stage("prepare.py", resolved, [], os.path.join(s["out"], "prepare.out"))
-    try:
-        execute(plan_runs(cfg, resolved, variants), resolved)
-    except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    execute(plan_runs(cfg, resolved, variants), resolved)
     text = study_report.write(cfg, list(variants), (time.perf_counter() - start) / 60)
     print(text)
     print(f"results: {os.path.join(s['out'], 'results.md')}\nconvergence: {os.path.join(s['out'], 'convergence.png')}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    errors.main(run)

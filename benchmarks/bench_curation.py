@@ -4,7 +4,7 @@ paper scale), and what the pool size does to the kept set's balance.
     python benchmarks/bench_curation.py [configs/demo.yaml] [configs/oceansar1.yaml] [checkpoint.pt]
 
 1. Projected, for the paper-scale config at N = 12 M imagettes, from FLOP counts (model.flops_per_image,
-   pretrain.train_flops_per_image), at the config's pool (prune.pool_fraction, prune.pool_size) and at the
+   mfu.train_flops_per_image), at the config's pool (prune.pool_fraction, prune.pool_size) and at the
    whole archive:
        epoch      = ceil(rho N)                    x  training FLOPs per image (student fwd+bwd on all crops,
                                                       teacher fwd on the globals)
@@ -13,14 +13,13 @@ paper scale), and what the pool size does to the kept set's balance.
    printed term by term, then the share over a run (one curation every T_s epochs) against the 5 % goal.
    Assumes the same FLOP/s for training and embedding, which favours training slightly (embedding runs at a
    larger batch, no backward).
-2. Measured, at the demo config on this machine: one epoch of training and one prune.rebalance (embed the pool
+2. Measured, at the demo config on this machine: one epoch of training and one prune.curate (embed the pool
    with the teacher backbone + hierarchical k-means + balanced sampling) on the prepared demo archive (run
    `python prepare.py configs/demo.yaml` first).
-3. Pool size vs balance, measured: prune.rebalance at several pool fractions with the same teacher (after the
+3. Pool size vs balance, measured: prune.curate at several pool fractions with the same teacher (after the
    one-epoch run, or the teacher of checkpoint.pt when given): curation time, and the kept set's top-class share
    and class entropy (ln 10 = perfectly balanced over the 10 TenGeoP classes) and leaf-cluster entropy.
 """
-import math
 import os
 import sys
 import time
@@ -29,11 +28,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from oceansar import config  # noqa: E402
-import evaluate  # noqa: E402
-from oceansar import model as models  # noqa: E402
 import pretrain  # noqa: E402
 import prune  # noqa: E402
+from oceansar import config  # noqa: E402
+from oceansar import mfu  # noqa: E402
+from oceansar import model as models  # noqa: E402
+from oceansar import weights  # noqa: E402
+from oceansar.epochs import subset_size  # noqa: E402
 
 N_ARCHIVE = 12_000_000  # the real WV archive (DATA.md)
 
@@ -47,7 +48,7 @@ def measured_fraction(cfg_path):
     epoch_s = time.perf_counter() - start
     backbone = trainer.teacher.backbone
     start = time.perf_counter()
-    _, info, pool, _ = prune.rebalance(backbone, trainer.dataset, cfg, epoch=1, device=trainer.device)
+    _, info, pool, _ = prune.curate(backbone, trainer.dataset, cfg, epoch=1)
     curation_s = time.perf_counter() - start
     print(f"\ndemo ({cfg_path}): N = {len(trainer.dataset)}, one epoch = {trainer.ipe} iterations in {epoch_s:.1f} s; "
           f"one curation of |P| = {len(pool)} ({len(pool) / len(trainer.dataset):.0%}) = {curation_s:.1f} s (embed "
@@ -67,7 +68,7 @@ def pool_balance(cfg, trainer, epoch_s, checkpoint=None):
     """Kept-set balance and curation time at several pool fractions, same teacher, same seed."""
     backbone = trainer.teacher.backbone
     if checkpoint:
-        backbone, _ = evaluate.load_backbone(checkpoint, cfg)
+        backbone, _, _ = weights.load_backbone(checkpoint, cfg)
         backbone.to(trainer.device)
     rho = cfg["prune"]["rho"]
     print(f"\npool size vs balance (teacher: {checkpoint or 'after the one-epoch run'}; rho = {rho}; "
@@ -77,7 +78,7 @@ def pool_balance(cfg, trainer, epoch_s, checkpoint=None):
     for fraction in sorted({rho, 0.375, 0.5, 0.75, 1.0}):
         over = config.apply(cfg, {"prune.pool_fraction": fraction}, "bench")
         start = time.perf_counter()
-        _, info, _, _ = prune.rebalance(backbone, trainer.dataset, over, epoch=1, device=trainer.device)
+        _, info, _, _ = prune.curate(backbone, trainer.dataset, over, epoch=1)
         took, c = time.perf_counter() - start, info["classes"]
         print(f"  {fraction:13.3f} | {took:10.1f} | {took / epoch_s:16.0%} | {c['top_share_kept']:14.1%} "
               f"({c['top_share_pool']:.1%}) | {class_entropy(c['kept']):11.2f} ({class_entropy(c['pool']):.2f}) | "
@@ -90,9 +91,9 @@ def projected_fraction(cfg_path, n=N_ARCHIVE):
     with torch.device("meta"):
         backbone = models.build_backbone(m["arch"], m["patch_size"], t["global_crops_size"], 0.0)
         head = models.DINOHead(backbone.embed_dim, m["out_dim"], m["head_hidden_dim"], m["head_bottleneck_dim"])
-    train_img = pretrain.train_flops_per_image(backbone, head, t)
+    train_img = mfu.train_flops_per_image(backbone, head, t)
     embed_img = backbone.flops_per_image(t["global_crops_size"])
-    kept = math.ceil(p["rho"] * n)
+    kept = subset_size(p["rho"], n)
     d = backbone.embed_dim
     epoch = kept * train_img
     print(f"\nprojection ({cfg_path}, N = {n:,}, rho = {p['rho']}, T_s = {p['every']}):")

@@ -15,11 +15,13 @@ import resource
 import sys
 import time
 
+import tifffile
+
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from oceansar import config  # noqa: E402
 import s1_fixtures  # noqa: E402
+from oceansar import config  # noqa: E402
 from oceansar import sentinel1  # noqa: E402
 
 LINES, SAMPLES = 4900, 5471
@@ -42,7 +44,6 @@ def build(folder, n):
 
 def references(items):
     """Whole-file byte read and tifffile decode times per imagette (warm page cache)."""
-    import tifffile
     paths = [os.path.join(it["path"], it["member"]) for it in items]
     t = time.perf_counter()
     for p in paths:

@@ -1,4 +1,4 @@
-"""Time the probes of evaluate.py at TenGeoP-SARwv size on random-but-structured features, and the feature
+"""Time the probes of oceansar/probes.py at TenGeoP-SARwv size on random-but-structured features, and the feature
 extraction (shard reading + frozen backbone forward, and the physics features) in images/s.
 
     python benchmarks/bench_probes.py                       # 37,553 x 384, 10 classes, 80/5/15 split, CPU
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import evaluate  # noqa: E402
-from oceansar import probes  # noqa: E402
 from oceansar import model as models  # noqa: E402
+from oceansar import physics  # noqa: E402
+from oceansar import probes  # noqa: E402
 from oceansar import shards  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def main():
     print(f"    wind rmse={r['rmse']:.3f} r2={r['r2']:.3f}")
 
     images = torch.randn(512, 1, 256, 256, generator=g).to(args.device) - 15
-    timed("physics features (512 x 256²)", lambda: probes.physics_features(images, 50.0, 36.0))
+    timed("physics features (512 x 256²)", lambda: physics.physics_features(images, 50.0, 36.0))
     if args.feat_n:
         bench_extraction(args, g)
 
@@ -123,13 +123,13 @@ def bench_extraction(args, generator):
         net = models.build_backbone(args.arch, args.patch, args.img).to(args.device)
         print(f"feature extraction: {args.arch}/{args.patch} at {args.img} px, batch {args.batch}, "
               f"{net.flops_per_image(args.img) / 1e9:.2f} GFLOP/image")
-        evaluate.extract_features(ds, rows[:args.batch], {"net": net}, args.device, args.batch, progress=False)
+        probes.extract_features(ds, rows[:args.batch], {"net": net}, args.device, args.batch, progress=False)
         runs = [("backbone (CLS)", {"nets": {"net": net}}), ("physics", {"nets": {}, "physics": True})]
         if args.arch != "resnet50":
             runs.insert(1, ("backbone (4 blocks + avgpool)",
                             {"nets": {"net": net}, "n_last_blocks": 4, "avgpool": True}))
         for name, kw in runs:                        # after one warm-up batch above
-            _, seconds = timed(f"  {name}", lambda: evaluate.extract_features(
+            _, seconds = timed(f"  {name}", lambda: probes.extract_features(
                 ds, rows, device=args.device, batch_size=args.batch, progress=False, **kw))
             print(f"    {args.feat_n / seconds:.1f} images/s")
 

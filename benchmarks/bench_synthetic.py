@@ -6,6 +6,7 @@
 in a subprocess right after this one, and prints the ratio (goal for the v2 archive: no more than 2x slower).
 """
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -28,7 +29,8 @@ def rate(synthetic, seconds, batch, **kwargs):
 def measure(root, sizes, seconds, per_class):
     """{size:spacing: imagettes/s} for the synthetic.py under `root` (imported from there)."""
     sys.path.insert(0, root)
-    from oceansar import synthetic
+    synthetic = importlib.import_module("oceansar.synthetic")  # the tree under comparison, not this one
+    letters = importlib.import_module("oceansar.tengeop").CLASS_LETTERS
     out = {}
     for pair in sizes:
         size, spacing = int(pair.split(":")[0]), float(pair.split(":")[1])
@@ -37,7 +39,7 @@ def measure(root, sizes, seconds, per_class):
         out[pair] = rate(synthetic, seconds, batch, **kw)
         if per_class:
             for k, name in enumerate(synthetic.CLASS_NAMES):
-                out[f"{pair} {synthetic.CLASS_LETTERS[k]} {name}"] = rate(synthetic, seconds / 5, batch, force_class=k, **kw)
+                out[f"{pair} {letters[k]} {name}"] = rate(synthetic, seconds / 5, batch, force_class=k, **kw)
     return out
 
 

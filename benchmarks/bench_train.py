@@ -31,8 +31,10 @@ import torch
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from oceansar import config  # noqa: E402
 import pretrain  # noqa: E402
+from oceansar import config  # noqa: E402
+from oceansar import loader  # noqa: E402
+from oceansar import mfu  # noqa: E402
 from oceansar import shards  # noqa: E402
 
 MODELS = {
@@ -102,16 +104,16 @@ def bench_step(trainer, steps, warmup):
 def bench_data(trainer, n_batches):
     """images/s of the data path alone: background shard reads + augmentation on the training device."""
     ds, b, dev = trainer.dataset, trainer.t["batch_size_per_gpu"], trainer.device
-    batches = pretrain.rank_batches(np.arange(len(ds)), 0, 0, n_batches, b, 0, 1)
+    batches = loader.rank_batches(np.arange(len(ds)), 0, 0, n_batches, b, 0, 1)
     gen = torch.Generator(dev).manual_seed(0)
-    loader = pretrain.Prefetcher(ds, batches, 0, trainer.t["prefetch"], pin=dev.type == "cuda")
+    reader = loader.Prefetcher(ds, batches, 0, trainer.t["prefetch"], pin=dev.type == "cuda")
     start = time.perf_counter()
     try:
         for _ in range(n_batches):
-            trainer.augment(loader.next().to(dev, non_blocking=True), gen)
+            trainer.augment(reader.next().to(dev, non_blocking=True), gen)
         sync(dev)
     finally:
-        loader.close()
+        reader.close()
     return n_batches * b / (time.perf_counter() - start)
 
 
@@ -155,11 +157,12 @@ def main():
             batch = args.demo_batch if name == "demo" else args.vit_batch
             trainer, _ = make_trainer(workdir, name, batch, args.device)
             ips, augment_share = bench_step(trainer, args.steps, args.warmup)
-            mfu = ips * trainer.flops_img / trainer.peak
+            peak = mfu.peak_flops(trainer.device)
+            utilisation = ips * trainer.flops_img / peak
             data_ips = bench_data(trainer, max(args.steps, 4))
             rates[name] = ips
             print(f"{name:8s} batch {batch:3d}: step {ips:8.2f} images/s, {trainer.flops_img / 1e9:6.2f} GFLOP/image, "
-                  f"MFU {100 * mfu:5.1f}% of {trainer.peak / 1e9:.0f} GFLOP/s; augment {100 * augment_share:4.1f}% "
+                  f"MFU {100 * utilisation:5.1f}% of {peak / 1e9:.0f} GFLOP/s; augment {100 * augment_share:4.1f}% "
                   f"of the step; data path {data_ips:8.1f} images/s = {data_ips / ips:5.1f}x the step")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     with open(args.result, "w") as f:

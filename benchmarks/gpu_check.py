@@ -15,7 +15,7 @@ Steps, each in its own subprocess (a failing step is reported in the table and t
              of the log.jsonl windows after the first, which holds the warm-up and compilation; MFU against
              pretrain.py's measured bf16 matmul peak), peak GPU memory, and the data path (background shard
              reads + augmentation, bench_train.bench_data) over the step's demand (goal >= 5x)
-  curation   prune.curate on --pool features (ViT-S width, clustered) on the device, oceansar1's levels, and the
+  curation   prune.cluster_and_sample on --pool features (ViT-S width, clustered) on the device, oceansar1's levels, and the
              pool-embedding rate of the ViT-S backbone (prune.embed_pool): the curation time of --pool images is
              the clustering + sampling time plus --pool / that rate (goal <= 30 s at 100 k)
   evaluate   evaluate.py on the demo run's checkpoint and the labelled set (linear probe, kNN, baselines)
@@ -42,12 +42,14 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import bench_kmeans  # noqa: E402
 import bench_train  # noqa: E402
-from oceansar import config  # noqa: E402
-from oceansar import kmeans  # noqa: E402
 import pretrain  # noqa: E402
 import prune  # noqa: E402
+from oceansar import config  # noqa: E402
+from oceansar import kmeans  # noqa: E402
+from oceansar import mfu  # noqa: E402
 from oceansar import shards  # noqa: E402
 from oceansar import synthetic  # noqa: E402
+from oceansar.epochs import subset_size  # noqa: E402
 
 # name -> (base config, archive (image px, pixel spacing m), overrides; dry-run overrides on top)
 RUNS = {
@@ -109,7 +111,8 @@ def train_worker(spec):
         windows = [r for r in map(json.loads, f) if "images_per_s" in r]
     steady = windows[1:] or windows
     result = {"images_per_s": float(np.median([r["images_per_s"] for r in steady])),
-              "mfu": float(np.median([r["mfu"] for r in steady])), "peak_tflops": trainer.peak / 1e12,
+              "mfu": float(np.median([r["mfu"] for r in steady])),
+              "peak_tflops": mfu.peak_flops(trainer.device) / 1e12,
               "wall_s": wall, "peak_mem_gib": (torch.cuda.max_memory_allocated(trainer.device) / 2**30
                                                if trainer.device.type == "cuda" else None),
               "data_per_s": bench_train.bench_data(trainer, 8)}
@@ -124,17 +127,18 @@ def train_worker(spec):
 
 
 def curate_worker(spec):
-    """prune.curate on spec['pool'] clustered features on the device: seconds of clustering + sampling."""
+    """prune.cluster_and_sample on spec['pool'] clustered features on the device: seconds of clustering +
+    sampling."""
     join_group()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     p = config.load([os.path.join(ROOT, "configs/oceansar1.yaml")])["prune"]
-    levels = spec.get("levels") or p["levels"]
+    levels = p["levels"] = spec.get("levels") or p["levels"]
     x = torch.from_numpy(bench_kmeans.make_data("blobs", spec["pool"], 384, levels[0], 0)).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    kept, info, _ = prune.curate(x, int(p["rho"] * spec["pool"]), levels=levels, n_iter=p["iters"],
-                                 generator=kmeans.make_generator(0, 1), mem_bytes=p["memory_mb"] << 20)
+    kept, info, _ = prune.cluster_and_sample(x, subset_size(p["rho"], spec["pool"]), prune.kmeans_options(p),
+                                             p["eta"], kmeans.make_generator(0, 1))
     sync()
     with open(spec["result"], "w") as f:
         json.dump({"curate_s": time.perf_counter() - start, "kept": len(kept), "levels": info["levels"]}, f)

@@ -5,6 +5,7 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so `torch.l
 reads it; pretrain.py's module docstring lists its keys.
 """
 
+import os
 import random
 
 import numpy as np
@@ -55,3 +56,36 @@ def set_rng_states(s):
     random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in s["python"]))
     if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- a training run's
+def training_state(modules, optimizer, cfg, pruner, epoch, iteration, iters_per_epoch, global_batch, indices):
+    """The full state of a pretraining run as checkpoint.pt holds it (pretrain.py's docstring lists the keys).
+    modules: {"student", "teacher", "dino_loss"} -> nn.Module."""
+    return {**{key: m.state_dict() for key, m in modules.items()}, "optimizer": optimizer.state_dict(),
+            "epoch": epoch, "iteration": iteration, "iters_per_epoch": iters_per_epoch, "global_batch": global_batch,
+            "rng": rng_states(), "config": cfg, "pruner": pruner.state_dict(),
+            "indices": torch.from_numpy(np.asarray(indices, dtype=np.int64))}
+
+
+def restore_training(ck, path, modules, optimizer, pruner, iters_per_epoch, global_batch):
+    """Load a training_state into the run's modules (strictly), optimizer, pruner and RNGs; returns the iteration
+    to continue from. A run with another epoch length or global batch cannot continue it (one line)."""
+    if (ck["iters_per_epoch"], ck["global_batch"]) != (iters_per_epoch, global_batch):
+        raise CheckpointError(f"{path}: saved with {ck['iters_per_epoch']} iterations/epoch at global batch "
+                              f"{ck['global_batch']}, this run has {iters_per_epoch} at {global_batch} (resuming "
+                              f"needs the same world size, batch and prune.rho; train.resume=false starts over)")
+    for key, module in modules.items():
+        load_strict(module, ck[key], {"dino_loss": "DINO centre"}.get(key, key), path)
+    optimizer.load_state_dict(ck["optimizer"])
+    pruner.load_state_dict(ck["pruner"])
+    set_rng_states(ck["rng"])
+    return ck["iteration"]
+
+
+def save_snapshot(path, snapshot):
+    """`snapshot` becomes a hard link to the checkpoint at `path`: the rolling file is replaced by rename, so the
+    link keeps this version at no extra disk space."""
+    if os.path.exists(snapshot):
+        os.remove(snapshot)
+    os.link(path, snapshot)

@@ -1,6 +1,6 @@
 """A run's picture: curves.png drawn from its log.jsonl (pretrain.py redraws it at every checkpoint).
 
-    python curves.py runs/demo                 # redraw runs/demo/curves.png now, e.g. while the run trains
+    python -m oceansar.curves runs/demo        # redraw runs/demo/curves.png now, e.g. while the run trains
     curves.draw_run("runs/demo")               # what pretrain.py calls; returns the path
 
 Panels, each drawn only when the log has its keys (older logs and new diagnostics both work), against the
@@ -16,12 +16,12 @@ re-curated) and resumes (dotted, grey). ln K is read from the log itself (loss /
 
 import math
 import os
-import sys
 
 from matplotlib.figure import Figure
 
 from . import atomic
 from . import runlog
+from .errors import EXIT_CONFIG, UserError, main
 
 # (title, [(log key, label)], ln K reference line?) in drawing order; a panel without any of its keys is left out.
 PANELS = [
@@ -124,13 +124,12 @@ def draw_run(out):
     return draw(runlog.read(log), os.path.join(out, "curves.png"), title=os.path.normpath(out))
 
 
-def main(argv):
+def run(argv):
     if len(argv) != 1 or not os.path.isfile(os.path.join(argv[0], "log.jsonl")):
-        print("usage: python curves.py <run folder with log.jsonl>", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("usage: python -m oceansar.curves <run folder with log.jsonl>", EXIT_CONFIG)
     path = draw_run(argv[0])
     print(f"wrote {path}" if path else f"{argv[0]}/log.jsonl has no iteration record yet")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(run)

@@ -46,6 +46,14 @@ def build_schedules(t, ipe, global_batch):
     return {"lr": lr, "wd": wd, "momentum": momentum, "teacher_temp": temp, "ibot_teacher_temp": ibot_temp}
 
 
+def set_schedule(optimizer, sched, it):
+    """Iteration `it`'s lr on every group and weight decay on the decaying one (param_groups)."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(sched["lr"][it])
+        if group["decay"]:
+            group["weight_decay"] = float(sched["wd"][it])
+
+
 # ---------------------------------------------------------------------------------------------- the loss
 class DINOLoss(nn.Module):
     """Cross-entropy between each centred, sharpened teacher global view and every *other* student view."""
@@ -128,3 +136,16 @@ def ema_update(teacher_params, student_params, momentum):
     """teacher <- momentum * teacher + (1 - momentum) * student, over all parameters at once."""
     torch._foreach_mul_(teacher_params, momentum)
     torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+
+
+def build_loss(cfg, device):
+    """The objective's loss module: DINOLoss, or DINOv2Loss for train.objective=dinov2 (its centres are the
+    loss state either way, kept under the checkpoint key dino_loss)."""
+    m, t = cfg["model"], cfg["train"]
+    n_crops = 2 + t["local_crops_number"]
+    if t["objective"] == "dinov2":
+        loss = dinov2.DINOv2Loss(m["out_dim"], n_crops, t["student_temp"], t["ibot_student_temp"],
+                                 t["center_momentum"], t["centering"], t["ibot_weight"], t["koleo_weight"])
+    else:
+        loss = DINOLoss(m["out_dim"], n_crops, t["student_temp"], t["center_momentum"])
+    return loss.to(device)

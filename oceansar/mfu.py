@@ -9,7 +9,6 @@ import time
 
 import torch
 
-from . import model as models
 
 
 def train_flops_per_image(backbone, head, t):

@@ -7,7 +7,9 @@ import json
 import os
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from . import atomic
 from . import intervals
 from . import runlog
 from . import shards
@@ -135,10 +137,8 @@ def table(rows, columns, digits):
 
 def convergence_plot(runs, targets, path):
     """Validation kNN accuracy vs iteration: every seed thin, the mean over seeds thick, the targets dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     for k, (name, by_seed) in enumerate(runs.items()):
         color = f"C{k % 10}"
         for r in by_seed.values():
@@ -156,8 +156,7 @@ def convergence_plot(runs, targets, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    atomic.save_figure(fig, path, dpi=120)
 
 
 def write(cfg, names, minutes):

@@ -61,7 +61,7 @@ from scipy.special import ndtri
 
 from . import fields
 from . import waves
-from .tengeop import CLASS_LETTERS, CLASS_NAMES  # noqa: F401  (synthetic.CLASS_NAMES is part of its manual)
+from .tengeop import CLASS_NAMES
 
 # The real archive is open ocean almost everywhere; rare phenomena are a few percent each (heavy tail).
 ARCHIVE_PRIOR = (0.45, 0.25, 0.12, 0.04, 0.02, 0.03, 0.015, 0.04, 0.02, 0.015)

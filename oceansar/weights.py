@@ -45,7 +45,6 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from . import config
 from .errors import UserError
 from . import model as models
 

@@ -6,6 +6,7 @@ Every rank builds the same points, keeps its own contiguous block (blocks of une
 `work` and writes OUT_DIR/rank<r>.npz. The test calls `work` on all the points in one process and compares.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -15,8 +16,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from oceansar import kmeans  # noqa: E402
 import prune  # noqa: E402
+from oceansar import config  # noqa: E402
+from oceansar import kmeans  # noqa: E402
 
 PLAIN_ABOVE = kmeans.PLAIN_ABOVE
 
@@ -52,8 +54,9 @@ def work(x_local):
 def _work(x_local):
     res = kmeans.kmeans(x_local, 7, generator=kmeans.make_generator(11, 0), n_iter=15, metric="l2",
                        init_candidates=200, mem_bytes=20_000)
-    kept, info, _ = prune.curate(x_local, 120, levels=[10, 3], generator=kmeans.make_generator(11, 1),
-                              kmeans_sample=500, resample_steps=1, eta=1.0, mem_bytes=20_000)
+    options = dataclasses.replace(prune.kmeans_options({**config.defaults()["prune"], "levels": [10, 3],
+                                                        "kmeans_sample": 500}), mem_bytes=20_000)
+    kept, info, _ = prune.cluster_and_sample(x_local, 120, options, 1.0, kmeans.make_generator(11, 1))
     return {"centroids": res.centroids.numpy(), "inertia": np.float64(res.inertia),
             "assignments": kmeans.all_gather_rows(res.assignments).numpy(), "kept": kept}
 

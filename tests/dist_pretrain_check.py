@@ -27,10 +27,9 @@ def state_hash(module):
 
 
 if __name__ == "__main__":
-    result = pretrain.run(sys.argv[1:])
+    trainer = pretrain.run(sys.argv[1:])
     rank = int(os.environ.get("RANK", 0))
-    out = result["out"]
-    with open(os.path.join(out, f"teacher_rank{rank}.sha256"), "w") as f:
-        f.write(state_hash(result["teacher"]) + "\n")
-    if "indices" in result["pruner_state"]:
-        np.save(os.path.join(out, f"pruned_rank{rank}.npy"), result["pruner_state"]["indices"].numpy())
+    with open(os.path.join(trainer.out, f"teacher_rank{rank}.sha256"), "w") as f:
+        f.write(state_hash(trainer.teacher) + "\n")
+    if "indices" in trainer.pruner.state:
+        np.save(os.path.join(trainer.out, f"pruned_rank{rank}.npy"), trainer.pruner.state["indices"].numpy())

@@ -1,4 +1,5 @@
 """The config system: defaults, overrides, and one-line errors naming the key (exit code 2, no traceback)."""
+import glob
 import subprocess
 import sys
 
@@ -52,9 +53,10 @@ def test_yaml_and_overrides(tmp_path):
     (BASE, ["prune.levels=[]"], "config key 'prune.levels': got [], expected a non-empty list of integers"),
     (BASE, ["study.seeds=[]"], "'study.seeds'"),
     (BASE, ["data.split_fractions=[0.9,0.9,0.9]"], "config key 'data.split_fractions': [0.9, 0.9, 0.9] sums to 2.7"),
-    (BASE, ["model.patch_size=32", "train.global_crops_size=64", "train.local_crops_size=16"],
+    (BASE, ["model.arch=vit_small", "model.patch_size=32", "train.global_crops_size=64", "train.local_crops_number=8",
+            "train.local_crops_size=16"],
      "config keys 'train.local_crops_size' (16) and 'model.patch_size' (32)"),
-    (BASE, ["model.patch_size=32", "train.global_crops_size=16", "train.local_crops_number=0"],
+    (BASE, ["model.arch=vit_small", "model.patch_size=32", "train.global_crops_size=16", "train.local_crops_number=0"],
      "config keys 'train.global_crops_size' (16) and 'model.patch_size' (32)"),
     (BASE, ["data.class_prior=[0,0,0,0,0,0,0,0,0,0]"], "config key 'data.class_prior': all weights are 0"),
     (BASE, ["data.class_prior=[-1,1,1,1,1,1,1,1,1,1]"], "config key 'data.class_prior': got [-1"),
@@ -76,8 +78,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_a_crop_check_ignores_resnet_and_unused_local_crops(tmp_path):
     path = write(tmp_path, BASE)
-    config.load([path, "model.arch=resnet50", "model.patch_size=32", "train.local_crops_size=16"])
-    config.load([path, "model.patch_size=32", "train.local_crops_size=16", "train.local_crops_number=0"])
+    config.load([path, "model.arch=resnet50", "model.patch_size=32", "train.local_crops_number=8", "train.local_crops_size=16"])
+    config.load([path, "model.arch=vit_small", "model.patch_size=32", "train.local_crops_size=16", "train.local_crops_number=0"])
 
 
 def test_input_and_output_checks_name_the_key(tmp_path):
@@ -110,7 +112,6 @@ def test_save_is_plain_data(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    import glob
     for path in glob.glob("configs/*.yaml"):
         config.load([path])
 

@@ -1,20 +1,15 @@
-"""curves.py (a run's curves.png from log.jsonl) and prune.py's bounded curation montages. A real training run
-drawing both is checked in test_prune_training.py."""
+"""oceansar/curves.py: a run's curves.png from log.jsonl. A real training run drawing it is checked in
+test_prune_training.py."""
 
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
-import torch
 
-from oceansar import config
 from oceansar import curves
 from oceansar import runlog
-import prune
-from oceansar import shards
-from test_pretrain import ENV, ROOT, make_dataset
+from helpers import ENV, ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -67,27 +62,10 @@ def test_cli_redraws_a_live_log_with_a_half_written_last_line(tmp_path):
     lines = [json.dumps(r) for r in fake_log()]
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + '\n{"epoch": 1, "itera')
     assert len(runlog.read(str(tmp_path / "log.jsonl"))) == len(lines)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "curves.py"), str(tmp_path)], capture_output=True,
-                          text=True, env=ENV, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "oceansar.curves", str(tmp_path)], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "curves.py"), str(tmp_path / "nowhere")],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "oceansar.curves", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
     assert proc.returncode == 2 and "usage" in proc.stderr
-
-
-def test_curation_montages_are_bounded_and_spread(tmp_path, monkeypatch):
-    data = shards.ShardDataset(make_dataset(tmp_path / "archive", n=40, size=16))
-    pool = np.arange(len(data))
-    leaf = np.arange(40) % 4
-    cfg = config.defaults()
-    cfg["train"].update(out=str(tmp_path), epochs=10)
-    cfg["prune"].update(mode="dynamic", warmup_epochs=0, every=1)
-    monkeypatch.setattr(prune, "MAX_CURATION_MONTAGES", 2)
-    torch.set_num_threads(1)
-    drawn = [e for e in range(10) if prune.curation_montage(data, pool, leaf, pool[::3], cfg, e)]
-    assert drawn == [0, 5]
-    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".png")) == ["curation_e0000.png",
-                                                                            "curation_e0005.png"]
-    cfg["prune"]["mode"] = "static"
-    assert prune.curation_montage(data, pool, leaf, pool[::3], cfg, 7).endswith("curation_e0007.png")

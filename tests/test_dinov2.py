@@ -11,22 +11,18 @@ import pytest
 import torch
 from scipy import ndimage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import study
 from oceansar import config
+from oceansar import dino
 from oceansar import dinov2
 from oceansar import model as models
-import pretrain
 from oceansar import weights
-from test_pretrain import (ENV, kill_at_first_checkpoint, make_dataset, read_log, run_pretrain,
+from oceansar import probes
+from helpers import (ROOT, ENV, kill_at_first_checkpoint, read_log, run_pretrain,
                            state_hash, write_config)
 
 V2 = {"train__objective": "dinov2", "model__patch_size": 4}   # 32 px globals -> an 8 x 8 patch grid
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("data") / "archive")
 
 
 # ---------------------------------------------------------------------------------------------- the pieces
@@ -114,11 +110,11 @@ def test_dino_term_equals_the_dino_loss():
     v2 = dinov2.DINOv2Loss(10, 4, koleo_weight=0.0)
     total, entropy, terms = v2((s_cls, patch, torch.randn(6, 3, generator=g)), (t_cls, patch.flip(0), None),
                                masks, 0.04, 0.05)
-    dino, dino_entropies = pretrain.DINOLoss(10, 4)(s_cls, t_cls, 0.04)
-    assert torch.allclose(terms["loss_dino"], dino) and torch.allclose(entropy, dino_entropies)
+    dino_term, dino_entropies = dino.DINOLoss(10, 4)(s_cls, t_cls, 0.04)
+    assert torch.allclose(terms["loss_dino"], dino_term) and torch.allclose(entropy, dino_entropies)
     q = torch.softmax(patch.flip(0) / 0.05, dim=-1)
     assert torch.allclose(terms["loss_ibot"], dinov2.ibot_loss(patch, q, masks, 0.1))
-    assert torch.allclose(total, dino + terms["loss_ibot"])
+    assert torch.allclose(total, dino_term + terms["loss_ibot"])
     assert torch.allclose(v2.center, 0.1 * t_cls.mean(0, keepdim=True))
     assert torch.allclose(v2.ibot_center, 0.1 * patch.flip(0).mean(0, keepdim=True))
 
@@ -227,7 +223,7 @@ def test_dinov2_sinkhorn_under_two_process_torchrun(tmp_path, data_dir):
     hashes = [(out / f"teacher_rank{r}.sha256").read_text() for r in range(2)]
     assert hashes[0] == hashes[1]
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
-    init = pretrain.build_student_teacher(config.load([cfg]), torch.device("cpu"))[1]
+    init = dino.build_student_teacher(config.load([cfg]), torch.device("cpu"))[1]
     assert ck["iteration"] == 6 and state_hash(ck["teacher"]) != state_hash(init.state_dict())
     assert not ck["dino_loss"]["center"].any()          # sinkhorn: the EMA centre is never used
     assert "backbone.register_tokens" in ck["teacher"] and "backbone.blocks.0.ls1.gamma" in ck["teacher"]
@@ -235,7 +231,6 @@ def test_dinov2_sinkhorn_under_two_process_torchrun(tmp_path, data_dir):
 
 # ---------------------------------------------------------------------------------------------- wind direction
 def test_angular_error_and_direction_probes():
-    from oceansar import probes
     assert torch.allclose(probes.angular_error(torch.tensor([350.0, 10.0, 0.0]), torch.tensor([10.0, 350.0, 180.0])),
                           torch.tensor([20.0, 20.0, 180.0], dtype=torch.float64))
     assert float(probes.angular_error(torch.tensor([10.0]), torch.tensor([175.0]), period=180.0)) == 15.0
@@ -252,8 +247,8 @@ def test_angular_error_and_direction_probes():
 
 
 def test_a_study_variant_can_set_the_objective():
-    import study
     cfg = config.defaults()
+    cfg["model"]["arch"] = "vit_small"
     over = study.variant_overrides("v2", {"prune.mode": "dynamic", "train.objective": "dinov2"}, cfg)
     assert over["train.objective"] == "dinov2"
     with pytest.raises(config.ConfigError, match="train.lr"):

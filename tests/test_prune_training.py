@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from oceansar import config
 import pretrain
+from oceansar import config
 from oceansar import shards
 from oceansar import synthetic
-from test_pretrain import ENV, ROOT, read_log, state_hash
-from test_pretrain import write_config as pretrain_config
+from helpers import ENV, ROOT, read_log, state_hash
+from helpers import pruning_config as write_config
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +29,13 @@ def archive(tmp_path_factory):
     return str(folder)
 
 
-def write_config(tmp_path, data, out, **overrides):
-    """test_pretrain's tiny config as 6 epochs of 4 iterations at batch 16 (rho 0.2 of 300), dynamic pruning."""
-    pruning = {"model__drop_path": 0.0, "train__epochs": 6, "train__batch_size_per_gpu": 16, "train__log_every": 4,
-               "prune__mode": "dynamic", "prune__rho": 0.2, "prune__warmup_epochs": 2, "prune__every": 2,
-               "prune__levels": [12, 3], "prune__iters": 5, "prune__batch_size": 64,
-               "prune__pool_fraction": 1.0}
-    return pretrain_config(tmp_path, data, out, **{**pruning, **overrides})
-
-
 def curations(out):
     return {r["epoch"]: r["curation"] for r in read_log(out) if r.get("event") == "epoch" and "curation" in r}
 
 
-def test_dynamic_mode_recurates_every_T_s_and_rebalances(tmp_path, archive):
+def test_dynamic_mode_recurates_every_T_s_and_rebalances(tmp_path, archive, one_thread):
     cfg = config.load([write_config(tmp_path, archive, tmp_path / "dyn")])
-    torch.set_num_threads(1)
-    result = pretrain.train(cfg)
+    result = pretrain.Trainer(cfg).fit()
     done = curations(cfg["train"]["out"])
     assert sorted(done) == [2, 4]  # after T_w = 2 warm-up epochs, every T_s = 2 epochs
     pictures = sorted(f for f in os.listdir(cfg["train"]["out"]) if f.endswith(".png"))
@@ -59,34 +49,32 @@ def test_dynamic_mode_recurates_every_T_s_and_rebalances(tmp_path, archive):
         # measured by the study, not asserted here; the archive v2 and DINO's head init turned it over)
         assert set(info["classes"]) >= {"top_share_kept", "top_share_pool"}
     ck = torch.load(os.path.join(cfg["train"]["out"], "checkpoint.pt"), weights_only=True)
-    state = ck["pruner_state"]
+    state = ck["pruner"]
     assert state["epoch"] == 4 and state["centroids"].shape == (12, 96)
-    assert torch.equal(state["indices"], result["pruner_state"]["indices"])
+    assert torch.equal(state["indices"], result.pruner.state["indices"])
 
 
-def test_static_mode_curates_once_and_none_never(tmp_path, archive):
-    torch.set_num_threads(1)
+def test_static_mode_curates_once_and_none_never(tmp_path, archive, one_thread):
     static = config.load([write_config(tmp_path, archive, tmp_path / "static", prune__mode="static")])
-    pretrain.train(static)
+    pretrain.Trainer(static).fit()
     assert sorted(curations(static["train"]["out"])) == [2]
     none = config.load([write_config(tmp_path, archive, tmp_path / "none", prune__mode="none",
                                      train__epochs=3)])
-    pretrain.train(none)
+    pretrain.Trainer(none).fit()
     assert curations(none["train"]["out"]) == {}
 
 
-def test_resume_continues_the_same_curation(tmp_path, archive):
+def test_resume_continues_the_same_curation(tmp_path, archive, one_thread):
     """Stopped after the first curation and resumed, a dynamic run ends with the uninterrupted run's weights."""
-    torch.set_num_threads(1)
-    whole = pretrain.train(config.load([write_config(tmp_path, archive, tmp_path / "whole")]))
+    whole = pretrain.Trainer(config.load([write_config(tmp_path, archive, tmp_path / "whole")])).fit()
     path = write_config(tmp_path, archive, tmp_path / "parts")
-    pretrain.train(config.load([path, "train.max_iters=14"]))  # stops mid epoch 3, after the epoch-2 curation
-    resumed = pretrain.train(config.load([path]))
-    assert state_hash(resumed["teacher"].state_dict()) == state_hash(whole["teacher"].state_dict())
-    assert torch.equal(resumed["pruner_state"]["indices"], whole["pruner_state"]["indices"])
+    pretrain.Trainer(config.load([path, "train.max_iters=14"])).fit()  # stops mid epoch 3, after the epoch-2 curation
+    resumed = pretrain.Trainer(config.load([path])).fit()
+    assert state_hash(resumed.teacher.state_dict()) == state_hash(whole.teacher.state_dict())
+    assert torch.equal(resumed.pruner.state["indices"], whole.pruner.state["indices"])
 
 
-def test_two_rank_torchrun_curates_identically(tmp_path, archive):
+def test_two_rank_torchrun_curates_identically(tmp_path, archive, one_thread):
     out = tmp_path / "ddp"
     cfg = write_config(tmp_path, archive, out, train__epochs=3, train__batch_size_per_gpu=8)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -99,7 +87,7 @@ def test_two_rank_torchrun_curates_identically(tmp_path, archive):
     assert sorted(curations(str(out))) == [2]
 
 
-def test_curation_cli_writes_indices_diagnostics_and_pictures(tmp_path, archive):
+def test_curation_cli_writes_indices_diagnostics_and_pictures(tmp_path, archive, one_thread):
     out = tmp_path / "run"
     cfg = write_config(tmp_path, archive, out, train__epochs=1)
     assert subprocess.run([sys.executable, "pretrain.py", cfg], env=ENV, capture_output=True).returncode == 0

@@ -15,10 +15,12 @@ import pytest
 import torch
 import yaml
 
+from oceansar import errors
 from oceansar import model as models
 from oceansar import shards
+from oceansar.synthetic import generate
 from s1_fixtures import make_netcdf
-from test_pretrain import ENV, ROOT, make_dataset, read_log, write_config
+from helpers import ENV, ROOT, make_dataset, pruning_config, read_log, write_config
 
 
 def run(script, *args, cwd=ROOT, env=ENV, prefix=(), **kw):
@@ -34,7 +36,7 @@ def call(monkeypatch, capsys):
         monkeypatch.setattr(sys, "argv", [script, *argv])
         module = importlib.import_module(script[:-3])
         with pytest.raises(SystemExit) as e:
-            module.main() if script == "pretrain.py" else module.main(argv)
+            errors.main(module.run, argv)
         out = capsys.readouterr()
         return subprocess.CompletedProcess(script, e.value.code, out.out, out.err)
     return main
@@ -88,7 +90,8 @@ def backbone_file(tmp_path):
     ("prepare.py", "", [], "is empty"),
     ("pretrain.py", "prune:\n  levels: []\n", [], "config key 'prune.levels': got [], expected a non-empty list"),
     ("prepare.py", "data:\n  split_fractions: [0.9, 0.9, 0.9]\n", [], "sums to 2.7, expected 1"),
-    ("pretrain.py", "model:\n  patch_size: 32\n", ["train.global_crops_size=64", "train.local_crops_size=16"],
+    ("pretrain.py", "model:\n  arch: vit_small\n  patch_size: 32\n",
+     ["train.global_crops_size=64", "train.local_crops_number=2", "train.local_crops_size=16"],
      "config keys 'train.local_crops_size' (16) and 'model.patch_size' (32)"),
     ("prepare.py", "data:\n  class_prior: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]\n", [],
      "config key 'data.class_prior': all weights are 0"),
@@ -239,12 +242,11 @@ def test_near_constant_training_data_is_warned_at_load(tmp_path, data):
 DISK_FULL = """
 import os, resource, signal, sys, torch
 sys.path.insert(0, {root!r})
-import pretrain
-from oceansar import config
+from oceansar import atomic, errors
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-with config.user_errors():
-    pretrain.atomic_save({{"w": torch.zeros(1 << 20)}}, {path!r})
+with errors.reported():
+    atomic.save_torch({{"w": torch.zeros(1 << 20)}}, {path!r})
 """
 
 
@@ -274,15 +276,13 @@ def test_exit_3_names_non_finite_input_and_what_exists(tmp_path, data):
 
 
 def test_resumed_curated_epoch_logs_its_curation(tmp_path):
-    from test_prune_training import write_config as prune_config
-    from oceansar.synthetic import generate
     folder = tmp_path / "archive"
     writer = shards.ShardWriter(str(folder), 32, 200.0, 100)
     images, meta = generate(0, 100, image_size=32, pixel_spacing=200.0, seed=5)
     writer.write(0, images, shards.standard_meta(100, **meta))
     writer.finalize(1)
     # 100 images, rho 0.32 at batch 16: 2 iterations per epoch; epoch 1 curates, the run stops inside it.
-    cfg = prune_config(tmp_path, str(folder), tmp_path / "run", train__epochs=2, prune__warmup_epochs=1,
+    cfg = pruning_config(tmp_path, str(folder), tmp_path / "run", train__epochs=2, prune__warmup_epochs=1,
                        prune__rho=0.32, prune__levels=[4, 2], train__max_iters=3, train__checkpoint_iters=1)
     assert run("pretrain.py", cfg).returncode == 0
     assert run("pretrain.py", cfg, "train.max_iters=null").returncode == 0

@@ -1,19 +1,19 @@
 """Real Sentinel-1 readers on small real-format fixtures: calibration and noise removal give known sigma0, area
 averaging matches a brute-force reference, zips read like folders, netCDF namings agree, TenGeoP labels/splits,
 the two real OCN files give DATA.md's values, and every kind of damage raises a one-line InputError."""
+
 import os
 import zipfile
 
-import netCDF4
 import numpy as np
+import tifffile
 import pytest
 
 from oceansar import config
-import s1_fixtures as fx
+from oceansar import ocn
 from oceansar import sentinel1 as s1
 from oceansar import shards
-
-OCN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "ocn")
+import s1_fixtures as fx
 
 
 def data_cfg(source, folder, **kw):
@@ -148,7 +148,6 @@ def test_strip_reader_and_timings(tmp_path):
         tiff.contiguous = False  # the strip-by-strip path must read the same rows
         tiff.read_rows(5, 45, pieces)
     np.testing.assert_array_equal(whole, pieces)
-    import tifffile
     np.testing.assert_array_equal(whole[:, 0::2] + 1j * whole[:, 1::2], tifffile.imread(path)[5:45])
     timings = {}
     cfg = data_cfg("safe", tmp_path / "in", image_size=8, pixel_spacing=50.0)
@@ -294,7 +293,6 @@ def test_tengeop_labels_split_and_coordinates(tmp_path, capsys, lonlat):
 
 
 def test_tengeop_units_missing_and_malformed(tmp_path):
-    import tifffile
     entries = fx.make_tengeop(tmp_path / "tg", per_class={"F": 3, "K": 2}, missing={"s"})
     cfg = data_cfg("tengeop", tmp_path / "tg", image_size=16, pixel_spacing=50.0)
     items = s1.list_inputs(cfg)
@@ -315,42 +313,20 @@ def test_tengeop_units_missing_and_malformed(tmp_path):
     assert len(entries) == 5
 
 
-# ---------------------------------------------------------------- OCN labels
-@pytest.mark.skipif(not os.path.isdir(OCN_DIR), reason="real OCN fixtures absent")
-def test_real_ocn_fixtures():
-    labels, failures = s1.load_labels({"ocn_dir": OCN_DIR, "ocn_max_quality": 1, "ocn_drop_land": True})
-    assert failures == [] and len(labels) == 2
-    old = labels["s1a-wv2-slc-vv-20210201t083307-20210201t083310-036394-044589-004"]
-    new = labels["s1a-wv2-slc-vv-20231003t122403-20231003t122406-050600-061886-006"]
-    assert old["wind"] == pytest.approx(13.69, abs=0.01) and old["sar_wind"] == pytest.approx(13.51, abs=0.01)
-    assert np.isnan(old["hs"])  # -999 fill: missing, never invented
-    assert [old[f"hs_p{i}"] for i in (1, 2, 3)] == pytest.approx([2.88, 1.89, 0.99], abs=0.01)
-    assert [old[f"wl_p{i}"] for i in (1, 2, 3)] == pytest.approx([208, 438, 208], abs=1)
-    assert (old["ocn_nrcs"], old["incidence"], old["ocn_nv"]) == (pytest.approx(-10.98, abs=0.01),
-                                                                  pytest.approx(36.9, abs=0.05),
-                                                                  pytest.approx(1.259, abs=1e-3))
-    assert (old["lat"], old["lon"]) == (pytest.approx(58.76, abs=0.01), pytest.approx(-32.57, abs=0.01))
-    assert new["wind"] == pytest.approx(23.02, abs=0.01) and new["sar_wind"] == pytest.approx(22.00, abs=0.01)
-    assert new["hs"] == pytest.approx(13.58, abs=0.01) and new["ocn_nrcs"] == pytest.approx(-7.18, abs=0.01)
-    assert (new["incidence"], new["ocn_nv"]) == (pytest.approx(35.9, abs=0.05), pytest.approx(1.566, abs=1e-3))
-    assert (new["lat"], new["lon"]) == (pytest.approx(-55.79, abs=0.01), pytest.approx(104.13, abs=0.01))
-    assert np.isnan(new["hs_p3"]) and np.isnan(old["quality_flag"]) and old["land_flag"] == 0  # fill flag: unknown
-
-
 def test_ocn_filters_failures_and_join(tmp_path, capsys):
-    ocn = tmp_path / "ocn"
-    fx.make_ocn(ocn / (fx.imagette_id(1, "wv1", kind="ocn") + ".nc"), wind=7.5, hs=2.0, partitions=(0.9, 1.5),
+    folder = tmp_path / "ocn"
+    fx.make_ocn(folder / (fx.imagette_id(1, "wv1", kind="ocn") + ".nc"), wind=7.5, hs=2.0, partitions=(0.9, 1.5),
                 wavelengths=(400.0, 250.0), quality=None)
-    fx.make_ocn(ocn / (fx.imagette_id(2, "wv2", kind="ocn") + ".nc"), land=1)
-    fx.make_ocn(ocn / (fx.imagette_id(3, "wv1", kind="ocn") + ".nc"), quality=3)
-    (ocn / "broken-ocn.nc").write_bytes(b"not netcdf")
-    cfg = data_cfg("safe", tmp_path / "in", image_size=8, pixel_spacing=50.0, ocn_dir=str(ocn), ocn_max_quality=2)
-    labels, failures = s1.load_labels(cfg)
+    fx.make_ocn(folder / (fx.imagette_id(2, "wv2", kind="ocn") + ".nc"), land=1)
+    fx.make_ocn(folder / (fx.imagette_id(3, "wv1", kind="ocn") + ".nc"), quality=3)
+    (folder / "broken-ocn.nc").write_bytes(b"not netcdf")
+    cfg = data_cfg("safe", tmp_path / "in", image_size=8, pixel_spacing=50.0, ocn_dir=str(folder), ocn_max_quality=2)
+    labels, failures = ocn.load_labels(cfg)
     assert [os.path.basename(f) for f, _ in failures] == ["broken-ocn.nc"] and "unreadable" in failures[0][1]
     assert "1 dropped as land, 1 for quality" in capsys.readouterr().out
     land, poor = labels[fx.imagette_id(2, "wv2")], labels[fx.imagette_id(3, "wv1")]
     assert np.isnan(land["wind"]) and land["land_flag"] == 1 and np.isnan(poor["hs"]) and poor["quality_flag"] == 3
-    labels_all, _ = s1.load_labels({**cfg, "ocn_max_quality": None, "ocn_drop_land": False})
+    labels_all, _ = ocn.load_labels({**cfg, "ocn_max_quality": None, "ocn_drop_land": False})
     assert labels_all[fx.imagette_id(3, "wv1")]["wind"] == pytest.approx(7.5)
     fx.make_safe(tmp_path / "in", n_imagettes=2, lines=120, samples=160)
     (_, m1), (_, m2) = read_all(cfg, labels)
@@ -362,22 +338,3 @@ def test_ocn_filters_failures_and_join(tmp_path, capsys):
     meta = shards.standard_meta(2, **columns)
     assert set(shards.STANDARD_COLUMNS) <= set(meta) and set(s1.EXTRA_COLUMNS) <= set(meta)
     assert meta["wind"][0] == pytest.approx(7.5) and meta["class_idx"].tolist() == [-1, -1]
-
-
-def test_ocn_dir_missing(tmp_path):
-    with pytest.raises(ValueError, match="ocn_dir"):
-        s1.load_labels({"ocn_dir": str(tmp_path / "none")})
-    assert s1.load_labels({"ocn_dir": None}) == ({}, [])
-
-
-def test_ocn_variable_absent_is_tolerated(tmp_path):
-    path = tmp_path / "ocn" / (fx.imagette_id(1, "wv1", kind="ocn") + ".nc")
-    fx.make_ocn(path)
-    with netCDF4.Dataset(str(tmp_path / "ocn" / "s1a-wv1-ocn-vv-x-002.nc"), "w") as ds:
-        ds.createDimension("oswAzSize", 1)
-        ds.createDimension("oswRaSize", 1)
-        v = ds.createVariable("oswWindSpeed", "f4", ("oswAzSize", "oswRaSize"))
-        v[:] = 9.0
-    labels, failures = s1.load_labels({"ocn_dir": str(tmp_path / "ocn")})
-    lab = labels["s1a-wv1-slc-vv-x-002"]
-    assert failures == [] and lab["sar_wind"] == 9.0 and np.isnan(lab["wind"]) and np.isnan(lab["hs_p1"])

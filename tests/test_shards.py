@@ -1,5 +1,7 @@
 """The shard format: what is written is read back, and every kind of damage gives a clear error."""
+import copy
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -81,7 +83,6 @@ def test_wrong_checksum(tmp_path):
 
 
 def test_each_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
-    import copy
     build(tmp_path)
     ds = shards.ShardDataset(str(tmp_path))
     hashed = []
@@ -152,7 +153,6 @@ def test_nonfinite_pixels_rejected(tmp_path):
 
 
 def test_pickle_drops_memmaps(tmp_path):
-    import pickle
     build(tmp_path)
     ds = shards.ShardDataset(str(tmp_path))
     ds.raw(0)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from scipy import stats
 
-from oceansar import config
-import pretrain
-import prune
 import study
+from oceansar import config
+from oceansar import dino
+from oceansar import epochs
 from oceansar import study_report
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 CFG = """
 data: {{source: synthetic, root: {root}/data, image_size: 32, pixel_spacing: 200.0, num_samples: 256,
@@ -136,7 +136,7 @@ def test_every_variant_runs_exactly_the_base_iterations():
 
     def iterations(over):  # min(epochs x ceil(ceil(rho N) / batch), max_iters): what pretrain.py runs
         v = config.apply(cfg, over, "test")
-        total = v["train"]["epochs"] * pretrain.iters_per_epoch(v["prune"]["rho"], n, batch)
+        total = v["train"]["epochs"] * epochs.iters_per_epoch(v["prune"]["rho"], n, batch)
         return min(total, v["train"]["max_iters"] or total)
 
     base = iterations({})
@@ -145,9 +145,9 @@ def test_every_variant_runs_exactly_the_base_iterations():
 
 def test_the_same_seed_gives_every_variant_the_same_initial_weights(cfg):
     resolved, variants = study.load_study([cfg])
-    nets = [pretrain.build_student_teacher(config.apply(resolved, {**over, "train.seed": 3}, "t"), "cpu")[1]
+    nets = [dino.build_student_teacher(config.apply(resolved, {**over, "train.seed": 3}, "t"), "cpu")[1]
             for over in variants.values()]
-    other = pretrain.build_student_teacher(config.apply(resolved, {"train.seed": 4}, "t"), "cpu")[1]
+    other = dino.build_student_teacher(config.apply(resolved, {"train.seed": 4}, "t"), "cpu")[1]
     a, b, c = (n.state_dict() for n in (*nets, other))
     assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -171,9 +171,9 @@ def test_t_interval_matches_scipy():
 
 def test_pool_fraction_rule():
     p = {"pool_size": None, "pool_fraction": 0.5, "rho": 0.25}
-    assert prune.pool_size(p, 1000) == 500 and prune.pool_size({**p, "pool_fraction": 1.0}, 1000) == 1000
-    assert prune.pool_size({**p, "pool_size": 100}, 1000) == 250  # never below the kept ceil(rho N)
-    assert prune.pool_size({**p, "pool_size": 700}, 1000) == 700
+    assert epochs.pool_size(p, 1000) == 500 and epochs.pool_size({**p, "pool_fraction": 1.0}, 1000) == 1000
+    assert epochs.pool_size({**p, "pool_size": 100}, 1000) == 250  # never below the kept ceil(rho N)
+    assert epochs.pool_size({**p, "pool_size": 700}, 1000) == 700
     with pytest.raises(config.ConfigError, match="'prune.pool_fraction'"):
         config.load(["configs/demo.yaml", "prune.pool_fraction=0.2"])
     config.load(["configs/demo.yaml", "prune.pool_fraction=0.2", "prune.mode=none"])  # no curation, no pool

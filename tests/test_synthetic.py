@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from oceansar import fields
+from oceansar import physics
 from oceansar import probes
 from oceansar import synthetic as s
 from oceansar import waves
@@ -281,7 +282,7 @@ def test_physics_baseline_recovers_hs_and_wind():
     # the demo's regression set (64 px at 100 m, 1,200 open-ocean imagettes) and the evaluation's ridge probe
     images, meta = s.generate(0, 1200, image_size=64, pixel_spacing=100.0, seed=2_000_029,
                               class_prior=[0.5, 0.3, 0.2] + [0] * 7, balanced_conditions=True)
-    X = probes.physics_features(torch.tensor(images[:, None]), 100.0, torch.tensor(meta["incidence"]))
+    X = physics.physics_features(torch.tensor(images[:, None]), 100.0, torch.tensor(meta["incidence"]))
     order = np.random.default_rng(0).permutation(len(X))
     train, val, test = order[:960], order[960:1020], order[1020:]
     r2 = {}

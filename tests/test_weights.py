@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from oceansar import config
 from oceansar import model as M
 from oceansar import weights
-from test_evaluate import write_dataset
+from helpers import ROOT, model_cfg, write_dataset
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -33,10 +31,9 @@ def nano(img_size=64, patch_size=8, seed=0):
     return M.build_backbone("vit_nano", patch_size, img_size, 0.0, generator=gen(seed)).eval()
 
 
-def model_cfg(arch, patch_size=16, crops=256, **eval_keys):
-    cfg = config.defaults()
-    cfg["model"].update(arch=arch, patch_size=patch_size)
-    cfg["train"]["global_crops_size"] = crops
+def eval_cfg(arch, patch_size=16, crops=256, **eval_keys):
+    """helpers.model_cfg (a ResNet at torchvision's width) with some eval.* keys."""
+    cfg = model_cfg(arch, patch_size, crops)
     cfg["eval"].update(eval_keys)
     return cfg
 
@@ -137,7 +134,7 @@ def lightly_checkpoint(student, teacher):
 def test_hf_model_folder_loads_the_transformers_layout_strictly(tmp_path, release_state):
     state = release_state
     folder = hf_folder(tmp_path / "OceanSAR-1", state)
-    backbone, spec, summary = weights.load_backbone(folder, model_cfg("resnet50"))
+    backbone, spec, summary = weights.load_backbone(folder, eval_cfg("resnet50"))
     assert spec[0] == "resnet50"
     got = backbone.state_dict()
     pairs = {"conv1.weight": "resnet.embedder.embedder.convolution.weight",
@@ -159,48 +156,48 @@ def test_hf_config_that_describes_another_network_is_refused_in_one_line(tmp_pat
     folder = hf_folder(tmp_path / "deep", release_state, depths=[3, 4, 23, 3])
     with pytest.raises(weights.WeightsError, match=re.escape("config.json: depths=[3, 4, 23, 3] does not match model.arch="
                                                              "resnet50 at model.width=64 (depths=[3, 4, 6, 3])")) as err:
-        weights.load_backbone(folder, model_cfg("resnet50"))
+        weights.load_backbone(folder, eval_cfg("resnet50"))
     assert "\n" not in str(err.value)
     with pytest.raises(weights.WeightsError, match="downsample_in_bottleneck=True"):
         weights.load_backbone(hf_folder(tmp_path / "msra", release_state, downsample_in_bottleneck=True),
-                              model_cfg("resnet50"))
+                              eval_cfg("resnet50"))
     with pytest.raises(weights.WeightsError, match="describes a transformers ResNet but model.arch=vit_small"):
-        weights.load_backbone(folder, model_cfg("vit_small"))
+        weights.load_backbone(folder, eval_cfg("vit_small"))
     with pytest.raises(weights.WeightsError, match="model_type 'vit'"):
         weights.load_backbone(hf_folder(tmp_path / "vit", {"x": torch.zeros(1)}, model_type="vit"),
-                              model_cfg("resnet50"))
+                              eval_cfg("resnet50"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(weights.WeightsError, match="not a Hugging Face model folder: no config.json, model.safetensors"):
-        weights.load_backbone(str(tmp_path / "empty"), model_cfg("resnet50"))
+        weights.load_backbone(str(tmp_path / "empty"), eval_cfg("resnet50"))
 
 
 def test_hf_resnet18_basic_layout_loads_into_resnet18(tmp_path):
     state = transformers_resnet18()
     folder = hf_folder(tmp_path / "resnet-18", state, depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
                        layer_type="basic")
-    backbone, spec, summary = weights.load_backbone(folder, model_cfg("resnet18"))
+    backbone, spec, summary = weights.load_backbone(folder, eval_cfg("resnet18"))
     got = backbone.state_dict()
     assert torch.equal(got["layer3.1.conv2.weight"], state["encoder.stages.2.layers.1.layer.1.convolution.weight"])
     assert torch.equal(got["layer2.0.downsample.1.running_var"],
                        state["encoder.stages.1.layers.0.shortcut.normalization.running_var"])
     assert summary == f"loaded {len(state)} tensors; left out nothing"
     with pytest.raises(weights.WeightsError, match=re.escape("depths=[2, 2, 2, 2] does not match model.arch=resnet50")):
-        weights.load_backbone(folder, model_cfg("resnet50"))
+        weights.load_backbone(folder, eval_cfg("resnet50"))
 
 
 def test_rgb_hf_release_sums_its_stem_and_a_lost_tensor_is_named(tmp_path):
     state = transformers_resnet50(in_chans=3)
     folder = hf_folder(tmp_path / "rgb", state, num_channels=3)
-    backbone, _, _ = weights.load_backbone(folder, model_cfg("resnet50"))
+    backbone, _, _ = weights.load_backbone(folder, eval_cfg("resnet50"))
     torch.testing.assert_close(backbone.conv1.weight,
                                state["resnet.embedder.embedder.convolution.weight"].sum(1, keepdim=True))
     del state["resnet.encoder.stages.1.layers.2.layer.1.normalization.weight"]
     save_file(state, str(tmp_path / "partial.safetensors"))         # a bare .safetensors file: no config check
     with pytest.raises(weights.WeightsError, match=r"missing 1 \[layer2\.2\.bn2\.weight\]; unexpected 0"):
-        weights.load_backbone(str(tmp_path / "partial.safetensors"), model_cfg("resnet50"))
+        weights.load_backbone(str(tmp_path / "partial.safetensors"), eval_cfg("resnet50"))
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(weights.WeightsError, match="not a readable .safetensors file"):
-        weights.load_backbone(str(tmp_path / "junk.safetensors"), model_cfg("resnet50"))
+        weights.load_backbone(str(tmp_path / "junk.safetensors"), eval_cfg("resnet50"))
 
 
 def test_release_head_reads_classifier_1(tmp_path, release_state):
@@ -220,16 +217,16 @@ def test_lightly_checkpoint_loads_the_teacher_or_the_named_network(tmp_path, res
     student = {k: torch.zeros_like(v) for k, v in teacher.items()}
     path = str(tmp_path / "checkpoint_164_linear=75.50_knn=73.15.pth.tar")
     torch.save(lightly_checkpoint(student, teacher), path)
-    backbone, _, summary = weights.load_backbone(path, model_cfg("resnet50"))
+    backbone, _, summary = weights.load_backbone(path, eval_cfg("resnet50"))
     assert all(torch.equal(backbone.state_dict()[k], v) for k, v in teacher.items())
     n = len(teacher)
     assert summary == (f"loaded {n} tensors; left out student_backbone.* ({n}), student_head.* (2), "
                        f"teacher_head.* (2)")
-    backbone, _, summary = weights.load_backbone(path, model_cfg("resnet50", weights_key="student_backbone"))
+    backbone, _, summary = weights.load_backbone(path, eval_cfg("resnet50", weights_key="student_backbone"))
     assert all(torch.equal(backbone.state_dict()[k], v) for k, v in student.items())
     assert "teacher_backbone.*" in summary
     with pytest.raises(weights.WeightsError, match=r"weights_key=ema: no container or key prefix.*student_backbone"):
-        weights.load_backbone(path, model_cfg("resnet50", weights_key="ema"))
+        weights.load_backbone(path, eval_cfg("resnet50", weights_key="ema"))
     # Something that is neither backbone nor a known head is listed, and nothing loads.
     ck = lightly_checkpoint(student, teacher)
     ck["state_dict"]["teacher_backbone.backbone.4.0.se.fc.weight"] = torch.zeros(4, 4)
@@ -314,7 +311,7 @@ def test_torchvision_resnet50_with_rgb_conv1_and_module_prefix_loads():
     rgb = M.resnet50(in_chans=3, generator=gen(1)).state_dict()
     release = {f"module.{k}": v for k, v in rgb.items() if not k.endswith("num_batches_tracked")}
     release.update({"module.fc.weight": torch.zeros(1000, 2048), "module.fc.bias": torch.zeros(1000)})
-    backbone, spec, _ = weights.backbone_from_weights(release, model_cfg("resnet50"))
+    backbone, spec, _ = weights.backbone_from_weights(release, eval_cfg("resnet50"))
     state = backbone.state_dict()
     assert spec[0] == "resnet50" and backbone.conv1.weight.shape == (64, 1, 7, 7)
     assert torch.equal(state["conv1.weight"], rgb["conv1.weight"].sum(1, keepdim=True))
@@ -327,7 +324,7 @@ def test_dino_vit_checkpoint_with_teacher_backbone_prefixes_and_head_loads_at_it
     teacher.update({"head.mlp.0.weight": torch.zeros(8, 96), "head.last_layer.weight_g": torch.ones(16, 1)})
     student = {f"module.{k}": torch.zeros_like(v) for k, v in teacher.items()}
     checkpoint = {"student": student, "teacher": teacher, "epoch": 3, "args": argparse.Namespace(arch="vit_small")}
-    backbone, spec, _ = weights.backbone_from_weights(checkpoint, model_cfg("vit_nano", 8, crops=256))
+    backbone, spec, _ = weights.backbone_from_weights(checkpoint, eval_cfg("vit_nano", 8, crops=256))
     assert spec == ("vit_nano", 8, 32)                      # built at the stored 4x4 grid, not at 256 px
     assert torch.equal(backbone.pos_embed, rgb.pos_embed)   # teacher weights, not the zero student
     assert torch.equal(backbone.patch_embed.proj.weight, rgb.patch_embed.proj.weight.sum(1, keepdim=True))
@@ -338,12 +335,12 @@ def test_weights_of_another_architecture_fail_with_the_key_lists(tmp_path):
     torch.save({"conv1.weight": torch.zeros(64, 1, 7, 7), "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)}, path)
     with pytest.raises(weights.WeightsError, match=r"resnet\.pth \(vit_nano\).*missing 54 \[blocks\.0\.attn.*"
                                                    r"unexpected 2 \[conv1\.weight, layer1\.0\.conv1\.weight\]"):
-        weights.load_backbone(path, model_cfg("vit_nano", 8))
+        weights.load_backbone(path, eval_cfg("vit_nano", 8))
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(weights.WeightsError, match="not a readable torch checkpoint"):
-        weights.load_backbone(str(tmp_path / "junk.pt"), model_cfg("vit_nano", 8))
+        weights.load_backbone(str(tmp_path / "junk.pt"), eval_cfg("vit_nano", 8))
     with pytest.raises(weights.WeightsError, match="does not exist"):
-        weights.load_backbone(str(tmp_path / "nowhere.pt"), model_cfg("vit_nano", 8))
+        weights.load_backbone(str(tmp_path / "nowhere.pt"), eval_cfg("vit_nano", 8))
 
 
 # ------------------------------------------------------------------------------ DINO parity
