@@ -168,8 +168,8 @@ class Trainer:
         """One DINO (or DINOv2) update on this rank's raw batch; returns the DINO loss and the collapse
         diagnostics, averaged over ranks (dinov2's other terms go to self.loss_terms)."""
         it, t = self.iteration, self.t
-        crops = self.augment(x, torch.Generator(self.device).manual_seed(streams.seed(t["seed"], epoch, it, self.rank,
-                                                                                     streams.AUGMENT)))
+        crops = self.augment(x, torch.Generator(self.device).manual_seed(
+            streams.seed(t["seed"], epoch, it, self.rank, streams.AUGMENT)))
         self.drop_path_gen.manual_seed(streams.seed(t["seed"], it, self.rank, streams.DROP_PATH))
         dino.set_schedule(self.optimizer, self.sched, it)
         loss, stats, names = self.losses(crops, self.masks(epoch, it, 2 * len(x)) if self.v2 else (), it)

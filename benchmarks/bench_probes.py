@@ -96,10 +96,10 @@ def main():
               f"r2={r['r2']:.3f} n={r['n']}")
 
     probs, _ = timed(f"kNN classify ({len(te)} queries)",
-                     lambda: probes.knn_classify(X[tr], y[tr], X[te], args.classes))
+                     lambda: probes.knn_classify(X[tr], y[tr], X[te], args.classes, 20, 0.07))
     m = probes.classification_metrics(y[te], probs.argmax(1), args.classes)
     print(f"    test acc={m['accuracy']:.3f} bal={m['balanced_accuracy']:.3f} F1={m['macro_f1']:.3f}")
-    wind_hat, _ = timed("kNN regress (wind)", lambda: probes.knn_regress(X[tr], targets[tr, 0], X[te]))
+    wind_hat, _ = timed("kNN regress (wind)", lambda: probes.knn_regress(X[tr], targets[tr, 0], X[te], 20, 0.07))
     r = probes.regression_metrics(targets[te, 0], wind_hat)
     print(f"    wind rmse={r['rmse']:.3f} r2={r['r2']:.3f}")
 

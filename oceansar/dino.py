@@ -58,7 +58,7 @@ def set_schedule(optimizer, sched, it):
 class DINOLoss(nn.Module):
     """Cross-entropy between each centred, sharpened teacher global view and every *other* student view."""
 
-    def __init__(self, out_dim, n_crops, student_temp=0.1, center_momentum=0.9):
+    def __init__(self, out_dim, n_crops, student_temp, center_momentum):
         super().__init__()
         self.n_crops, self.student_temp, self.center_momentum = n_crops, student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))

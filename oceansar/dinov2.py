@@ -8,7 +8,8 @@ Manual
     teacher = dinov2.DINOv2Wrapper(backbone_t, head_t, None, mask_input=False)
     s = student(crops, masks)            # (class logits of every crop, patch logits at masked positions, global CLS)
     t = teacher(crops[:2], masks)        # the teacher sees the globals unmasked; its patch logits at the same places
-    loss_fn = dinov2.DINOv2Loss(out_dim, n_crops, centering="ema")
+    loss_fn = dinov2.DINOv2Loss(out_dim, n_crops, student_temp=0.1, ibot_student_temp=0.1, center_momentum=0.9,
+                                centering="ema", ibot_weight=1.0, koleo_weight=0.1)
     loss, entropies, terms = loss_fn(s, t, masks, teacher_temp, ibot_teacher_temp)   # entropies: [H(q), H(q̄)]
 
 The pieces (Oquab et al. 2023, "DINOv2"; Zhou et al. 2022, "iBOT"; Sablayrolles et al. 2019, "KoLeo"):
@@ -36,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import collapse
+from .distributed import all_reduce_
 
 MIN_BLOCK_PATCHES = 4
 BLOCK_ASPECT = (0.3, 1 / 0.3)
@@ -91,12 +93,6 @@ def sample_masks(n, grid_hw, probability, ratio, rng):
 
 
 # ---------------------------------------------------------------------------------------------- losses
-def _all_reduce(t, op=None):
-    if dist.is_initialized():
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
-
-
 def ibot_loss(student_patch, teacher_probs, masks, student_temp):
     """iBOT cross-entropy, vectorised: rows of student_patch / teacher_probs are masks' True positions in order.
 
@@ -130,13 +126,13 @@ def sinkhorn_knopp(logits, temp, iterations=3):
     alternates prototype (column) and sample (row) normalisation over the global batch of every rank."""
     z = logits.float() / temp
     local_top = z.max() if z.numel() else z.new_tensor(-math.inf)       # a rank may have no masked patch
-    top = _all_reduce(local_top.reshape(1), dist.ReduceOp.MAX if dist.is_initialized() else None)
+    top = all_reduce_(local_top.reshape(1), dist.ReduceOp.MAX)
     q = torch.exp(z - top).t()                                         # [K, B]
-    count = _all_reduce(torch.tensor([float(q.shape[1])], device=q.device))
+    count = all_reduce_(torch.tensor([float(q.shape[1])], device=q.device))
     k = q.shape[0]
-    q /= _all_reduce(q.sum().reshape(1))
+    q /= all_reduce_(q.sum().reshape(1))
     for _ in range(iterations):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True)) * k                # every prototype: mass 1/K
+        q /= all_reduce_(q.sum(dim=1, keepdim=True)) * k                # every prototype: mass 1/K
         q /= q.sum(dim=0, keepdim=True) * count                        # every sample: mass 1/B
     return (q * count).t()
 
@@ -154,8 +150,8 @@ def cross_view_ce(teacher_probs, student_logits, n_crops, student_temp):
 class DINOv2Loss(nn.Module):
     """DINO + iBOT + KoLeo with EMA or Sinkhorn-Knopp centring; buffers `center` and `ibot_center` [1, K]."""
 
-    def __init__(self, out_dim, n_crops, student_temp=0.1, ibot_student_temp=0.1, center_momentum=0.9,
-                 centering="ema", ibot_weight=1.0, koleo_weight=0.1):
+    def __init__(self, out_dim, n_crops, student_temp, ibot_student_temp, center_momentum, centering, ibot_weight,
+                 koleo_weight):
         super().__init__()
         if centering not in ("ema", "sinkhorn"):
             raise ValueError(f"centering must be 'ema' or 'sinkhorn', got {centering!r}")
@@ -184,7 +180,7 @@ class DINOv2Loss(nn.Module):
         koleo = sum(koleo_loss(c) for c in s_global.chunk(2))
         total = dino + self.ibot_weight * ibot + self.koleo_weight * koleo
         with torch.no_grad():
-            q_bar = _all_reduce(torch.cat([q.sum(0), q.new_tensor([len(q)])]))
+            q_bar = all_reduce_(torch.cat([q.sum(0), q.new_tensor([len(q)])]))
             entropies = torch.stack(collapse.teacher_entropies(q, q.clamp_min(1e-30).log(), q_bar[:-1] / q_bar[-1]))
             if self.centering == "ema":
                 self.update(self.center, t_cls.float())
@@ -196,7 +192,7 @@ class DINOv2Loss(nn.Module):
     def update(self, center, teacher_out):
         """EMA of the teacher's mean output over the global batch (summed and counted over ranks)."""
         stats = torch.cat([teacher_out.sum(0), teacher_out.new_tensor([len(teacher_out)])])
-        stats = _all_reduce(stats)
+        stats = all_reduce_(stats)
         if stats[-1] > 0:
             center.mul_(self.center_momentum).add_(stats[None, :-1] / stats[-1], alpha=1 - self.center_momentum)
 

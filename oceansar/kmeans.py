@@ -3,22 +3,22 @@
     g = make_generator(seed, epoch)                         # every random draw comes from this generator
     res = kmeans(x, k, generator=g, n_iter=20)              # centroids, labels, distances, inertia
     hier = fit_hierarchy(x_fit, [k1, k2], generator=g)      # leaves -> level-2 clusters -> ...
-    leaf, dist = assign(x_pool, hier.centroids[0])          # every pool point to its leaf centroid
+    leaf, distance = assign(x_pool, hier.centroids[0])      # every pool point to its leaf centroid
+    hier, leaf, distance, fitted = fit_and_assign(x, Options(...), g)   # what a curation calls (prune.py)
 
 - `kmeans(x, k, ...)`: Lloyd iterations, exact (the same fixed points as plain Lloyd) but accelerated with
-  Yinyang bounds (Ding et al. 2015): centroids are put in groups of ~GROUP_SIZE; each point keeps an upper
-  bound on the distance to its centroid and one lower bound per group, moved by the centroid drifts after each
-  update, and only the groups a point's bounds cannot exclude are searched. Where the bounds do not pay (no
-  cluster structure: after PROBE_ITERS bounded steps that each did more than PLAIN_ABOVE of a plain step's
-  distance work) the remaining steps are plain blocked Lloyd, one distance product + argmin per chunk; either
-  way `work` records each step's share. Distances are matrix products
-  (||c||^2 - 2 x.c, fp32) in row chunks bounded by `mem_bytes`; per-cluster sums are accumulated in float64
-  and updated only for points that changed cluster. Init "kmeans++" (greedy k-means++ on a seeded random
-  subsample of max(INIT_MIN_CANDIDATES, init_sample_factor x k) points, or `init_candidates` of them) or
-  "random". A cluster left empty is re-seeded with the point farthest
-  from its centroid (ties broken by the generator). Metric "cosine" (points and centroids L2-normalised:
-  spherical k-means, nearest = max dot) or "l2". Inertia = sum of squared Euclidean distances (for cosine:
-  between unit vectors, 2 - 2 cos), float64.
+  Yinyang bounds (Ding et al. 2015): centroids are put in groups of ~Tuning.group_size; each point keeps an
+  upper bound on the distance to its centroid and one lower bound per group, moved by the centroid drifts after
+  each update, and only the groups a point's bounds cannot exclude are searched. Where the bounds do not pay
+  (no cluster structure: after Tuning.probe_iters bounded steps that each did more than Tuning.plain_above of a
+  plain step's distance work) the remaining steps are plain blocked Lloyd, one distance product + argmin per
+  chunk; either way `work` records each step's share. Distances are matrix products (||c||^2 - 2 x.c, fp32) in
+  row chunks bounded by `mem_bytes`; per-cluster sums are accumulated in float64 and updated only for points
+  that changed cluster. Init "kmeans++" (greedy k-means++ on a seeded random subsample of
+  max(Tuning.init_min_candidates, init_sample_factor x k) points, or `init_candidates` of them) or "random". A
+  cluster left empty is re-seeded with the point farthest from its centroid (ties broken by the generator).
+  Metric "cosine" (points and centroids L2-normalised: spherical k-means, nearest = max dot) or "l2". Inertia =
+  sum of squared Euclidean distances (for cosine: between unit vectors, 2 - 2 cos), float64.
 - `fit_hierarchy`: level 1 clusters the points, level l > 1 the centroids of level l-1. Each level runs
   `resample_steps` Vo resampling steps: take `sample_size` points per cluster (the closest to the centroid,
   properly sorted by distance, or random; default half the mean cluster size), run a fresh k-means on that
@@ -47,10 +47,23 @@ import torch.nn.functional as F
 
 METRICS = ("cosine", "l2")
 DEFAULT_MEM_BYTES = 512 * 2**20
-# k-means++ runs on a random subsample of max(INIT_MIN_CANDIDATES, factor * k) points: its cost is k x that,
-# memory-bound, so the factor sets the init's price (the floor keeps small k from missing small modes, cheaply)
+# k-means++ runs on a random subsample of max(Tuning.init_min_candidates, factor * k) points: its cost is k x
+# that, memory-bound, so the factor sets the init's price (the floor keeps small k from missing small modes)
 INIT_SAMPLE_FACTOR = 4
-INIT_MIN_CANDIDATES = 4096
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Speed knobs of the Lloyd iterations and the init; none changes the fixed points (tests set them to reach
+    every code path)."""
+    group_size: int = 30            # Yinyang: centroids per group of lower bounds (10 to 40 measured alike)
+    full_pass_density: float = 0.25  # above this fraction of (point, group) pairs to search, a full product is cheaper
+    probe_iters: int = 2            # bounded steps measured before deciding whether the bounds pay
+    plain_above: float = 0.4        # a bounded step costs ~2x a plain one per unit of work: above this it loses
+    init_min_candidates: int = 4096  # the floor of the k-means++ subsample
+
+
+TUNING = Tuning()
 
 
 # ----------------------------------------------------------------------------- randomness and collectives
@@ -162,10 +175,6 @@ def _per_level(value, n_levels: int, name: str) -> list:
 # every call, which costs more than the matrix product on a small machine) and sized to stay in the last-level
 # cache. mem_bytes only ever lowers the chunk.
 CHUNK_BYTES = 16 * 2**20
-GROUP_SIZE = 30           # Yinyang: centroids per group of lower bounds (10 to 40 measured alike within noise)
-FULL_PASS_DENSITY = 0.25  # above this fraction of (point, group) pairs to search, one full product is cheaper
-PROBE_ITERS = 2           # bounded steps measured before deciding whether the bounds pay
-PLAIN_ABOVE = 0.4         # a bounded step costs ~2x a plain one per unit of work: above this fraction it loses
 
 
 def _chunk_rows(width: int, mem_bytes: int, target: int = CHUNK_BYTES) -> int:
@@ -242,7 +251,7 @@ def _group_pass(x, xsq, idx, need, label, upper, lower, c, csq, starts, group, r
     v1, v2 = torch.empty(len(p_of), device=x.device), torch.full((len(p_of),), math.inf, device=x.device)
     a1 = torch.empty(len(p_of), dtype=torch.int64, device=x.device)
     rows_buf = torch.empty(min(rows, max(1, len(p_of))), x.shape[1], device=x.device)
-    for g in range(n_groups):  # a loop over groups of centroids (k / GROUP_SIZE), vectorised over points
+    for g in range(n_groups):  # a loop over groups of centroids (k / group_size), vectorised over points
         s, e = starts[g], starts[g + 1]
         for r in range(runs[g], runs[g + 1], rows):
             r2 = min(r + rows, runs[g + 1])
@@ -269,10 +278,10 @@ def _group_pass(x, xsq, idx, need, label, upper, lower, c, csq, starts, group, r
     return new_label, new_upper
 
 
-def _group_centroids(c, generator):
-    """Yinyang groups of about GROUP_SIZE centroids from a few Lloyd steps on the centroids themselves.
+def _group_centroids(c, generator, group_size):
+    """Yinyang groups of about group_size centroids from a few Lloyd steps on the centroids themselves.
     Returns the permutation that makes every group consecutive, and the group lengths."""
-    k, n_groups = len(c), max(1, len(c) // GROUP_SIZE)
+    k, n_groups = len(c), max(1, len(c) // group_size)
     if n_groups == 1:
         return torch.arange(k, device=c.device), torch.tensor([k], device=c.device)
     seeds = c[torch.randperm(k, generator=generator)[:n_groups].to(c.device)]
@@ -324,14 +333,14 @@ def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
     return p[torch.tensor(chosen, device=p.device)].clone()
 
 
-def _init_centroids(x, k, init, generator, lay, candidates, factor):
+def _init_centroids(x, k, init, generator, lay, candidates, factor, min_candidates):
     if init == "random":
         return _rows_by_global_index(x, lay, torch.randperm(lay.n_total, generator=generator)[:k])
     if init != "kmeans++":
         raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
     if factor is not None and factor < 1:
         raise ValueError(f"init_sample_factor must be >= 1, got {factor}")
-    m = min(lay.n_total, candidates or max(INIT_MIN_CANDIDATES, (factor or INIT_SAMPLE_FACTOR) * k))
+    m = min(lay.n_total, candidates or max(min_candidates, (factor or INIT_SAMPLE_FACTOR) * k))
     idx = torch.randperm(lay.n_total, generator=generator)[:m]
     return _kmeanspp(_rows_by_global_index(x, lay, idx), k, generator)
 
@@ -382,7 +391,7 @@ def _reseed_empty(x, c, label, empty, generator, lay, rows):
     return c, far
 
 
-def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, rows_k, rows_d):
+def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, rows_k, rows_d, full_pass_density):
     """One Yinyang assignment step. Updates upper/lower in place; returns (searched rows, their new labels,
     the work done in units of full rows: a group pass costs its (point, group) pairs / number of groups)."""
     bound = lower.min(dim=1).values
@@ -391,7 +400,7 @@ def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, r
     active = active[upper[active] > bound[active]]
     need = lower[active] < upper[active, None]
     pairs = int(need.sum())
-    if len(active) and pairs > FULL_PASS_DENSITY * need.numel():
+    if len(active) and pairs > full_pass_density * need.numel():
         new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, lengths, rows_k)
         return active, new, len(active)
     new, upper[active] = _group_pass(x, xsq, active, need, label[active], upper[active], lower, c, csq, starts,
@@ -399,13 +408,13 @@ def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, r
     return active, new, pairs / len(lengths)
 
 
-def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes):
+def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning):
     """Lloyd iterations, bounded (Yinyang) while the bounds pay, plain blocked Lloyd once they do not: after
-    PROBE_ITERS bounded steps that searched more than PLAIN_ABOVE of the full work, the remaining steps are one
-    distance product + argmin per chunk (the decision uses all-reduced counts, so every rank takes it)."""
+    tuning.probe_iters bounded steps that searched more than tuning.plain_above of the full work, the remaining
+    steps are one distance product + argmin per chunk (the decision uses all-reduced counts: every rank takes it)."""
     n, k, d = x.shape[0], c.shape[0], x.shape[1]
     rows_k, rows_d = _chunk_rows(k, mem_bytes), _chunk_rows(d, mem_bytes, CHUNK_BYTES // 4)
-    perm, lengths = _group_centroids(c, generator)
+    perm, lengths = _group_centroids(c, generator, tuning.group_size)
     c, starts = c[perm], [0] + torch.cumsum(lengths, 0).tolist()
     group = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)
     xsq = (x * x).sum(1)
@@ -420,7 +429,7 @@ def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes):
         else:
             if bounded:
                 active, new, done = _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group,
-                                                  rows_k, rows_d)
+                                                  rows_k, rows_d, tuning.full_pass_density)
             else:
                 active, new, done = torch.arange(n, device=x.device), _nearest(x, c, rows_k), n
             moved = _move_(local_sums, local_counts, x, label, active, new, rows_d)
@@ -433,7 +442,7 @@ def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes):
         history.append(max(0.0, total_sq - 2 * cross + own))
         if it == n_iter or (it > 0 and moved == 0):
             break
-        if it == PROBE_ITERS and min(work[1:]) > PLAIN_ABOVE:
+        if it == tuning.probe_iters and min(work[1:]) > tuning.plain_above:
             bounded = False  # the bounds cost more than they save: plain Lloyd from here on
         new_c = _update_centroids(sums, counts, c, metric)
         empty = (counts == 0).nonzero().squeeze(1)
@@ -463,22 +472,22 @@ def _move_(sums, counts, x, label, active, new, rows):
 
 def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator, n_iter: int = 20, metric: str = "cosine",
            init: str = "kmeans++", init_centroids=None, init_candidates=None, init_sample_factor=None,
-           mem_bytes: int = DEFAULT_MEM_BYTES, distributed=None) -> KMeansResult:
+           mem_bytes: int = DEFAULT_MEM_BYTES, distributed=None, tuning: Tuning = TUNING) -> KMeansResult:
     """Lloyd's k-means of the rows of x [n, d] (this rank's rows when distributed; see the module manual).
     n_iter: centroid updates (then one last assignment, so the labels match the centroids; stops early when no
     point moves); init_centroids [k, d] overrides `init`; init_candidates: k-means++ candidate count (default
-    max(INIT_MIN_CANDIDATES, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound of
-    a distance chunk; distributed: None = when initialised."""
+    max(tuning.init_min_candidates, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound
+    of a distance chunk; distributed: None = when initialised; tuning: speed knobs (Tuning)."""
     check_features(x, "kmeans input", distributed)
     return _kmeans(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
                    init_centroids=init_centroids, init_candidates=init_candidates,
                    init_sample_factor=init_sample_factor, mem_bytes=mem_bytes,
-                   distributed=distributed)
+                   distributed=distributed, tuning=tuning)
 
 
 def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", init_centroids=None,
             init_candidates=None, init_sample_factor=None, mem_bytes=DEFAULT_MEM_BYTES,
-            distributed=None) -> KMeansResult:
+            distributed=None, tuning=TUNING) -> KMeansResult:
     """kmeans() on already prepared (float32, normalised for cosine) points."""
     if k < 1 or n_iter < 0:
         raise ValueError(f"kmeans: need k >= 1 and n_iter >= 0, got k={k}, n_iter={n_iter}")
@@ -493,8 +502,9 @@ def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", ini
         if c.shape != (k, x.shape[1]):
             raise ValueError(f"kmeans: init_centroids has shape {tuple(c.shape)}, expected {(k, x.shape[1])}")
     else:
-        c = _init_centroids(x, k, init, generator, lay, init_candidates, init_sample_factor)
-    c, label, history, work, n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes)
+        c = _init_centroids(x, k, init, generator, lay, init_candidates, init_sample_factor,
+                            tuning.init_min_candidates)
+    c, label, history, work, n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning)
     if n_empty:
         warnings.warn(f"kmeans: {n_empty} of {k} clusters stayed empty (duplicate points?)")
     d = _distance_to_own(x, None, c, label, _chunk_rows(x.shape[1], mem_bytes))
@@ -529,10 +539,11 @@ class Hierarchy:
         return [len(c) for c in self.centroids]
 
 
-def _resample_union(label, dist, k, size, rule, generator, lay):
+def _resample_union(label, distance, k, size, rule, generator, lay):
     """Sorted global indices of `size` points per cluster: the closest to the centroid or random ones."""
-    label, dist = all_gather_rows(label, lay.on).cpu(), all_gather_rows(dist, lay.on).cpu()
-    key = dist.double() if rule == "closest" else torch.rand(len(label), generator=generator, dtype=torch.float64)
+    label, distance = all_gather_rows(label, lay.on).cpu(), all_gather_rows(distance, lay.on).cpu()
+    key = distance.double() if rule == "closest" else torch.rand(len(label), generator=generator,
+                                                                  dtype=torch.float64)
     return (rank_in_segment(label, key, k) < size).nonzero().squeeze(1)
 
 
@@ -552,7 +563,7 @@ def _kmeans_resampled(x, k, steps, size, rule, lay, **kw) -> KMeansResult:
 def fit_hierarchy(x: torch.Tensor, levels, *, generator: torch.Generator, n_iter: int = 20, resample_steps=1,
                   sample_size=None, sample_rule: str = "closest", metric: str = "cosine", init: str = "kmeans++",
                   init_candidates=None, init_sample_factor=None, mem_bytes: int = DEFAULT_MEM_BYTES,
-                  distributed=None) -> Hierarchy:
+                  distributed=None, tuning: Tuning = TUNING) -> Hierarchy:
     """Hierarchical k-means with resampling (Vo et al. 2024). levels: clusters per level, finest first;
     resample_steps / sample_size: one value or one per level (sample_size None: half the mean cluster size)."""
     check_features(x, "fit_hierarchy input", distributed)
@@ -560,7 +571,7 @@ def fit_hierarchy(x: torch.Tensor, levels, *, generator: torch.Generator, n_iter
                           resample_steps=resample_steps, sample_size=sample_size, sample_rule=sample_rule,
                           metric=metric, init=init, init_candidates=init_candidates,
                           init_sample_factor=init_sample_factor, mem_bytes=mem_bytes,
-                          distributed=distributed)
+                          distributed=distributed, tuning=tuning)
 
 
 def fit_prepared_hierarchy(points, levels, *, resample_steps, sample_size, sample_rule, distributed, **kw) -> Hierarchy:
@@ -597,9 +608,10 @@ class Options:
     sample_rule: str              # "closest" or "random"
     metric: str                   # "cosine" or "l2"
     init: str                     # "kmeans++" or "random"
-    init_sample_factor: object    # k-means++ candidates = max(INIT_MIN_CANDIDATES, factor x k) (None: default)
+    init_sample_factor: object    # k-means++ candidates = max(tuning.init_min_candidates, factor x k) (None: 4)
     fit_sample: object            # fit on this many random points of all ranks' rows (None: on all of them)
     mem_bytes: int = DEFAULT_MEM_BYTES
+    tuning: Tuning = TUNING
 
 
 def fit_and_assign(features: torch.Tensor, options: Options, generator: torch.Generator, distributed=None):
@@ -618,7 +630,7 @@ def fit_and_assign(features: torch.Tensor, options: Options, generator: torch.Ge
                                   resample_steps=options.resample_steps, sample_size=options.sample_size,
                                   sample_rule=options.sample_rule, metric=options.metric, init=options.init,
                                   init_candidates=None, init_sample_factor=options.init_sample_factor,
-                                  mem_bytes=options.mem_bytes, distributed=lay.on)
+                                  mem_bytes=options.mem_bytes, distributed=lay.on, tuning=options.tuning)
     leaf, distance = assign_prepared(x, hier.centroids[0], options.mem_bytes)
     leaf, distance = all_gather_rows(leaf, lay.on).cpu(), all_gather_rows(distance, lay.on).cpu()
     return hier, leaf, distance, min(lay.n_total, options.fit_sample or lay.n_total)

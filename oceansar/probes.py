@@ -250,7 +250,7 @@ def fit_ridge(Xtr, ytr, Xva, yva, grid=RIDGE_GRID, refit="train"):
 # -------------------------------------------------------------------------------------------------------- kNN
 
 @_single_threaded_when_small
-def knn_neighbours(train_x, query_x, k=20, temperature=0.07, max_elems=1 << 25):
+def knn_neighbours(train_x, query_x, k, temperature, max_elems=1 << 25):
     """Indices [nq, k] of the k most cosine-similar training rows and their vote weights exp(sim/T).
 
     The weights are scaled per query by exp(-max_sim/T) (no overflow for small T); every use of them here
@@ -272,7 +272,7 @@ def knn_neighbours(train_x, query_x, k=20, temperature=0.07, max_elems=1 << 25):
     return idx, ((sims - sims[:, :1]) / temperature).exp()
 
 
-def knn_classify(train_x, train_y, query_x, n_classes, k=20, temperature=0.07, max_elems=1 << 25):
+def knn_classify(train_x, train_y, query_x, n_classes, k, temperature, max_elems=1 << 25):
     """Class probabilities [nq, n_classes]: normalised exp(sim/T)-weighted votes of the k nearest neighbours."""
     train_x, train_y = _known_classes(train_x, train_y, n_classes, "kNN train")
     idx, w = knn_neighbours(train_x, query_x, k, temperature, max_elems)
@@ -280,7 +280,7 @@ def knn_classify(train_x, train_y, query_x, n_classes, k=20, temperature=0.07, m
     return votes / votes.sum(1, keepdim=True)
 
 
-def knn_regress(train_x, train_y, query_x, k=20, temperature=0.07, max_elems=1 << 25):
+def knn_regress(train_x, train_y, query_x, k, temperature, max_elems=1 << 25):
     """exp(sim/T)-weighted mean target of the k nearest neighbours: [nq] for a 1-D target, else [nq, m]."""
     squeeze = torch.as_tensor(train_y).ndim == 1
     train_x, train_y = _known_targets(train_x, train_y, "kNN train")
@@ -348,7 +348,7 @@ def standardise_like_train(train_x, *others):
                                        for x in others]
 
 
-def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, standardise_knn=False,
+def classification_probes(train, val, test, n_classes, k, temperature, standardise_knn=False,
                           **logistic_kw):
     """Logistic probe and kNN on (X, y) pairs; returns {"linear": metrics + lam + pred, "knn": metrics + pred}.
 
@@ -362,7 +362,7 @@ def classification_probes(train, val, test, n_classes, k=20, temperature=0.07, s
     return {"linear": linear, "knn": {**classification_metrics(y, knn_pred, n_classes), "pred": knn_pred}}
 
 
-def regression_probes(train, val, test, k=20, temperature=0.07, standardise_knn=False, knn_columns=None, **ridge_kw):
+def regression_probes(train, val, test, k, temperature, standardise_knn=False, knn_columns=None, **ridge_kw):
     """Ridge probe and kNN regression on (X, y) pairs with a 1-D target: {"linear", "knn"}, each metrics +
     pred (test predictions); standardise_knn as in classification_probes; knn_columns: kNN on the first n
     columns only (the linear probe sees them all: e.g. features plus appended metadata)."""
@@ -382,7 +382,7 @@ def angular_error(true_deg, pred_deg, period=360.0):
     return torch.minimum(d, period - d)
 
 
-def direction_probes(train, val, test, k=20, temperature=0.07, **ridge_kw):
+def direction_probes(train, val, test, k, temperature, **ridge_kw):
     """Ridge and kNN for a circular target in degrees (e.g. wind direction relative to the look).
 
     Two fits of each probe: on (cos t, sin t), scored by the mean absolute angular error in [0, 180]

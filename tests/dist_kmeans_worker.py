@@ -20,7 +20,7 @@ import prune  # noqa: E402
 from oceansar import config  # noqa: E402
 from oceansar import kmeans  # noqa: E402
 
-PLAIN_ABOVE = kmeans.PLAIN_ABOVE
+SMALL_GROUPS = kmeans.Tuning(group_size=3)  # small Yinyang groups, so that the group search runs too
 
 
 def make_points(n=900, d=12, seed=3):
@@ -39,23 +39,20 @@ def block(n, world, rank):
 
 
 def work(x_local):
-    kmeans.GROUP_SIZE, before = 3, kmeans.GROUP_SIZE  # small Yinyang groups, so that the group search runs too
-    try:
-        out = _work(x_local)
-        kmeans.PLAIN_ABOVE = -1.0  # the plain blocked Lloyd after the probe steps, from a factor-sized init sample
-        plain = kmeans.kmeans(x_local, 7, generator=kmeans.make_generator(12, 0), n_iter=15, metric="l2",
-                              init_sample_factor=30, mem_bytes=20_000)
-        out.update(plain_centroids=plain.centroids.numpy(), plain_work=np.asarray(plain.work))
-        return out
-    finally:
-        kmeans.GROUP_SIZE, kmeans.PLAIN_ABOVE = before, PLAIN_ABOVE
+    out = _work(x_local)
+    # the plain blocked Lloyd after the probe steps, from a factor-sized init sample
+    plain = kmeans.kmeans(x_local, 7, generator=kmeans.make_generator(12, 0), n_iter=15, metric="l2",
+                          init_sample_factor=30, mem_bytes=20_000,
+                          tuning=dataclasses.replace(SMALL_GROUPS, plain_above=-1.0))
+    out.update(plain_centroids=plain.centroids.numpy(), plain_work=np.asarray(plain.work))
+    return out
 
 
 def _work(x_local):
     res = kmeans.kmeans(x_local, 7, generator=kmeans.make_generator(11, 0), n_iter=15, metric="l2",
-                       init_candidates=200, mem_bytes=20_000)
+                        init_candidates=200, mem_bytes=20_000, tuning=SMALL_GROUPS)
     options = dataclasses.replace(prune.kmeans_options({**config.defaults()["prune"], "levels": [10, 3],
-                                                        "kmeans_sample": 500}), mem_bytes=20_000)
+                                                        "kmeans_sample": 500}), mem_bytes=20_000, tuning=SMALL_GROUPS)
     kept, info, _ = prune.cluster_and_sample(x_local, 120, options, 1.0, kmeans.make_generator(11, 1))
     return {"centroids": res.centroids.numpy(), "inertia": np.float64(res.inertia),
             "assignments": kmeans.all_gather_rows(res.assignments).numpy(), "kept": kept}

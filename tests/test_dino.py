@@ -42,7 +42,7 @@ def test_dino_loss_matches_reference_and_skips_same_view():
     assert torch.allclose(batch_entropy, -torch.special.xlogy(q_bar, q_bar).sum(), rtol=1e-5)
     assert torch.allclose(loss_fn.center, 0.9 * center + 0.1 * teacher.mean(0, keepdim=True), atol=1e-6)
     # Same-view pairs are skipped: with only 2 crops the loss is the mean of CE(q0, p1) and CE(q1, p0).
-    two = dino.DINOLoss(k, 2, student_temp=0.1)
+    two = dino.DINOLoss(k, 2, student_temp=0.1, center_momentum=0.9)
     s2 = torch.randn(2 * b, k, generator=g)
     loss2, _ = two(s2, teacher, teacher_temp=0.05)
     q0, q1 = F.softmax(teacher / 0.05, -1).chunk(2)

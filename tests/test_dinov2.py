@@ -107,10 +107,10 @@ def test_dino_term_equals_the_dino_loss():
     masks = torch.zeros(6, 4, dtype=torch.bool)
     masks[1, :2] = True
     patch = torch.randn(2, 10, generator=g)
-    v2 = dinov2.DINOv2Loss(10, 4, koleo_weight=0.0)
+    v2 = dinov2.DINOv2Loss(10, 4, 0.1, 0.1, 0.9, "ema", ibot_weight=1.0, koleo_weight=0.0)
     total, entropy, terms = v2((s_cls, patch, torch.randn(6, 3, generator=g)), (t_cls, patch.flip(0), None),
                                masks, 0.04, 0.05)
-    dino_term, dino_entropies = dino.DINOLoss(10, 4)(s_cls, t_cls, 0.04)
+    dino_term, dino_entropies = dino.DINOLoss(10, 4, 0.1, 0.9)(s_cls, t_cls, 0.04)
     assert torch.allclose(terms["loss_dino"], dino_term) and torch.allclose(entropy, dino_entropies)
     q = torch.softmax(patch.flip(0) / 0.05, dim=-1)
     assert torch.allclose(terms["loss_ibot"], dinov2.ibot_loss(patch, q, masks, 0.1))
@@ -239,10 +239,11 @@ def test_angular_error_and_direction_probes():
     r = torch.deg2rad(theta)
     noise = torch.from_numpy(rng.normal(0, 0.05, (400, 3)))
     split = lambda X: [(X[a:b].float(), theta[a:b]) for a, b in ((0, 300), (300, 340), (340, 400))]  # noqa: E731
-    sense = probes.direction_probes(*split(torch.cat([torch.stack([r.cos(), r.sin()], 1), noise], 1)))
+    sense = probes.direction_probes(*split(torch.cat([torch.stack([r.cos(), r.sin()], 1), noise], 1)), 20, 0.07)
     assert sense["linear"]["mae_deg"] < 5 and sense["knn"]["mae_deg"] < 10 and sense["linear"]["n"] == 60
     # Features that know only the axis (SAR's 180 deg ambiguity): the axis is found, the sense is a coin toss.
-    axis = probes.direction_probes(*split(torch.cat([torch.stack([(2 * r).cos(), (2 * r).sin()], 1), noise], 1)))
+    axis = probes.direction_probes(*split(torch.cat([torch.stack([(2 * r).cos(), (2 * r).sin()], 1), noise], 1)),
+                                   20, 0.07)
     assert axis["linear"]["mae_axis_deg"] < 5 and axis["linear"]["mae_deg"] > 45
 
 

@@ -121,8 +121,8 @@ def test_cuda_matches_cpu():
                                 grid=[1e-2, 1e-3])
     assert gpu.lam == cpu.lam
     assert torch.allclose(gpu.predict_proba(X[500:].cuda()).cpu(), cpu.predict_proba(X[500:]), atol=1e-3)
-    probs = probes.knn_classify(X[:400].cuda(), y[:400].cuda(), X[500:].cuda(), 4)
-    assert torch.allclose(probs.cpu(), probes.knn_classify(X[:400], y[:400], X[500:], 4), atol=1e-5)
+    probs = probes.knn_classify(X[:400].cuda(), y[:400].cuda(), X[500:].cuda(), 4, 20, 0.07)
+    assert torch.allclose(probs.cpu(), probes.knn_classify(X[:400], y[:400], X[500:], 4, 20, 0.07), atol=1e-5)
     images = torch.stack([sinusoid(64, 50.0, 400.0, 0.0), sinusoid(64, 50.0, 250.0, 30.0)])[:, None]
     assert torch.allclose(physics.physics_features(images.cuda(), 50.0, 30.0).cpu(),
                           physics.physics_features(images, 50.0, 30.0), rtol=1e-4, atol=1e-4)

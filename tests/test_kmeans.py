@@ -32,21 +32,19 @@ def numpy_lloyd(x, c, n_iter, metric):
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize("group_size, density, mem_bytes, plain_above", [
-    (4, kmeans.FULL_PASS_DENSITY, kmeans.DEFAULT_MEM_BYTES, 2.0),  # Yinyang groups, full or group passes as chosen
-    (4, 2.0, 3_000, 2.0),                                        # group passes only, chunks of a few rows
-    (10**9, kmeans.FULL_PASS_DENSITY, 3_000, 2.0),                # a single group (Hamerly's bounds)
-    (4, kmeans.FULL_PASS_DENSITY, 3_000, -1.0),                   # bounds dropped after the probe: plain Lloyd
+    (4, kmeans.TUNING.full_pass_density, kmeans.DEFAULT_MEM_BYTES, 2.0),  # Yinyang groups, full or group passes
+    (4, 2.0, 3_000, 2.0),                                                # group passes only, chunks of a few rows
+    (10**9, kmeans.TUNING.full_pass_density, 3_000, 2.0),                # a single group (Hamerly's bounds)
+    (4, kmeans.TUNING.full_pass_density, 3_000, -1.0),                   # bounds dropped after the probe: plain Lloyd
 ])
-def test_kmeans_matches_numpy_lloyd_and_inertia_never_increases(metric, group_size, density, mem_bytes, plain_above,
-                                                               monkeypatch):
-    monkeypatch.setattr(kmeans, "GROUP_SIZE", group_size)
-    monkeypatch.setattr(kmeans, "FULL_PASS_DENSITY", density)
-    monkeypatch.setattr(kmeans, "PLAIN_ABOVE", plain_above)  # 2.0: the bounds are always kept
+def test_kmeans_matches_numpy_lloyd_and_inertia_never_increases(metric, group_size, density, mem_bytes, plain_above):
+    # plain_above 2.0: the bounds are always kept
+    tuning = kmeans.Tuning(group_size=group_size, full_pass_density=density, plain_above=plain_above)
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.normal(0, 1, (2000, 16)).astype(np.float32))  # no structure: many moves
     init = x[torch.from_numpy(rng.choice(2000, 40, replace=False))]
     res = kmeans.kmeans(x, 40, generator=kmeans.make_generator(0), n_iter=12, metric=metric,
-                       init_centroids=init, mem_bytes=mem_bytes)
+                       init_centroids=init, mem_bytes=mem_bytes, tuning=tuning)
     c_ref, a_ref, inertia_ref = numpy_lloyd(x.numpy(), init.numpy(), 12, metric)
     assert np.array_equal(res.assignments.numpy(), a_ref)
     np.testing.assert_allclose(res.centroids.numpy(), c_ref, atol=2e-5)
@@ -56,28 +54,29 @@ def test_kmeans_matches_numpy_lloyd_and_inertia_never_increases(metric, group_si
     assert res.history[0] > res.history[-1] * 1.05  # it did move
     d_ref = np.sqrt(((kmeans.prepare_points(x, metric).numpy() - res.centroids.numpy()[a_ref]) ** 2).sum(1))
     np.testing.assert_allclose(res.distances.numpy(), d_ref, atol=1e-5)
-    plain_steps = [w == 1.0 for w in res.work[kmeans.PROBE_ITERS + 1:]]
+    plain_steps = [w == 1.0 for w in res.work[tuning.probe_iters + 1:]]
     assert all(plain_steps) if plain_above < 0 else not all(plain_steps)
 
 
 def test_bounds_are_dropped_where_they_do_not_pay_and_kept_where_they_do():
     rng = np.random.default_rng(2)
     noise = torch.from_numpy(rng.normal(0, 1, (3000, 16)).astype(np.float32))
+    probe, above = kmeans.TUNING.probe_iters, kmeans.TUNING.plain_above
     res = kmeans.kmeans(noise, 60, generator=kmeans.make_generator(0), n_iter=8, metric="l2")
-    assert min(res.work[1:kmeans.PROBE_ITERS + 1]) > kmeans.PLAIN_ABOVE  # measured: the bounds searched ~all
-    assert all(w == 1.0 for w in res.work[kmeans.PROBE_ITERS + 1:])       # so plain Lloyd from there on
+    assert min(res.work[1:probe + 1]) > above                 # measured: the bounds searched ~all
+    assert all(w == 1.0 for w in res.work[probe + 1:])        # so plain Lloyd from there on
     rng = np.random.default_rng(5)
     centres = rng.normal(0, 3, (60, 16))  # separated, but close enough that Lloyd takes a few steps
     blobs = torch.from_numpy((centres[rng.integers(0, 60, 3000)] + rng.normal(0, 1, (3000, 16))).astype(np.float32))
     res = kmeans.kmeans(blobs, 60, generator=kmeans.make_generator(0), n_iter=8, metric="l2")
-    assert len(res.work) > kmeans.PROBE_ITERS + 1 and max(res.work[1:]) < kmeans.PLAIN_ABOVE  # bounds kept
+    assert len(res.work) > probe + 1 and max(res.work[1:]) < above  # bounds kept
 
 
-def test_kmeanspp_runs_on_a_seeded_subsample_of_factor_times_k(monkeypatch):
-    monkeypatch.setattr(kmeans, "INIT_MIN_CANDIDATES", 1)
+def test_kmeanspp_runs_on_a_seeded_subsample_of_factor_times_k():
+    tuning = kmeans.Tuning(init_min_candidates=1)
     x = torch.from_numpy(np.random.default_rng(3).normal(0, 1, (3000, 8)).astype(np.float32))
-    runs = [kmeans.kmeans(x, 10, generator=kmeans.make_generator(4), n_iter=0, metric="l2", init_sample_factor=f)
-            for f in (5, 5, 50)]
+    runs = [kmeans.kmeans(x, 10, generator=kmeans.make_generator(4), n_iter=0, metric="l2", init_sample_factor=f,
+                          tuning=tuning) for f in (5, 5, 50)]
     assert torch.equal(runs[0].centroids, runs[1].centroids)  # same seed, same centroids
     sample = x[torch.randperm(3000, generator=kmeans.make_generator(4))[:50]]  # the init's first draw
     assert all(bool((sample == c).all(dim=1).any()) for c in runs[0].centroids)

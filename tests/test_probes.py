@@ -162,7 +162,8 @@ def test_knn_excludes_unknown_training_labels_and_survives_tiny_temperature():
     probs = probes.knn_classify(train_x, torch.tensor([-1, 1, 0]), torch.tensor([[1.0, 0.05]]), 2, k=2,
                                   temperature=1e-3)           # exp(1/1e-3) overflows without rescaling
     assert torch.isfinite(probs).all() and probs.argmax(1).item() == 1
-    pred = probes.knn_regress(train_x, torch.tensor([float("nan"), 2.0, 5.0]), torch.tensor([[1.0, 0.0]]), k=1)
+    pred = probes.knn_regress(train_x, torch.tensor([float("nan"), 2.0, 5.0]), torch.tensor([[1.0, 0.0]]), k=1,
+                               temperature=0.07)
     assert pred.item() == pytest.approx(2.0)
 
 
@@ -192,10 +193,10 @@ def test_probe_suites_report_every_metric():
     X, y = gaussian_classes(500, 8, 3, 2.0, g)
     target = X[:, 0] * 2 + 0.1 * torch.randn(500, generator=g)
     parts = [(X[:300], y[:300]), (X[300:350], y[300:350]), (X[350:], y[350:])]
-    out = probes.classification_probes(*parts, 3, grid=[1e-2, 1e-3])
+    out = probes.classification_probes(*parts, 3, 20, 0.07, grid=[1e-2, 1e-3])
     assert out["linear"]["accuracy"] > 0.9 and out["knn"]["accuracy"] > 0.9 and "lam" in out["linear"]
     parts = [(X[:300], target[:300]), (X[300:350], target[300:350]), (X[350:], target[350:])]
-    out = probes.regression_probes(*parts)
+    out = probes.regression_probes(*parts, 20, 0.07)
     pred = out["linear"]["pred"]
     assert out["linear"]["r2"] > 0.99 and set(out["knn"]) == {"rmse", "bias", "r2", "n", "pred"}
     assert probes.regression_metrics(target[350:], pred)["rmse"] == pytest.approx(out["linear"]["rmse"])
@@ -265,7 +266,7 @@ def test_knn_monitor_matches_a_direct_computation_and_keeps_the_images(tmp_path)
         fb, fq = (backbone(torch.from_numpy(ds.read_batch(rows))) for rows in (bank, query))
         backbone.train()
     labels = torch.from_numpy(ds.meta["class_idx"].astype(np.int64))
-    ref = probes.classification_metrics(labels[query], probes.knn_classify(fb, labels[bank], fq, 3).argmax(1), 3)
+    ref = probes.classification_metrics(labels[query], probes.knn_classify(fb, labels[bank], fq, 3, 20, 0.07).argmax(1), 3)
     assert result["knn_acc"] == pytest.approx(ref["accuracy"]) and result["knn_queries"] == 24
     assert result["knn_balanced_acc"] == pytest.approx(ref["balanced_accuracy"])
     assert result["knn_acc"] > 0.9                             # brightness classes: easy even for random weights
@@ -289,11 +290,11 @@ def test_standardised_knn_is_invariant_to_column_units():
     tr, te = slice(0, 200), slice(200, None)
     a = probes.standardise_like_train(X[tr], X[te])
     b = probes.standardise_like_train(X[tr] * scale, X[te] * scale)
-    ia, _ = probes.knn_neighbours(a[0], a[1], k=10)
-    ib, _ = probes.knn_neighbours(b[0], b[1], k=10)
+    ia, _ = probes.knn_neighbours(a[0], a[1], k=10, temperature=0.07)
+    ib, _ = probes.knn_neighbours(b[0], b[1], k=10, temperature=0.07)
     assert torch.equal(ia, ib)
     # without standardisation the largest column decides the neighbours
-    ic, _ = probes.knn_neighbours(X[tr] * scale, X[te] * scale, k=10)
+    ic, _ = probes.knn_neighbours(X[tr] * scale, X[te] * scale, k=10, temperature=0.07)
     assert not torch.equal(ia, ic)
 
 
@@ -314,7 +315,7 @@ def test_probes_standardise_knn_only_when_asked():
     X, y = _features()
     X = X * torch.tensor([1e-3, 1.0, 50.0, 1e4, 0.2, 7.0])
     parts = [(X[:200], y[:200]), (X[200:240], y[200:240]), (X[240:], y[240:])]
-    raw = probes.classification_probes(*parts, 3, grid=[1e-3])
-    std = probes.classification_probes(*parts, 3, grid=[1e-3], standardise_knn=True)
+    raw = probes.classification_probes(*parts, 3, 20, 0.07, grid=[1e-3])
+    std = probes.classification_probes(*parts, 3, 20, 0.07, grid=[1e-3], standardise_knn=True)
     assert torch.equal(raw["linear"]["pred"], std["linear"]["pred"])    # the linear probe standardises anyway
     assert std["knn"]["accuracy"] > raw["knn"]["accuracy"]
