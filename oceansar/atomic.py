@@ -11,8 +11,6 @@ import os
 import shutil
 from contextlib import contextmanager
 
-import torch
-
 from .errors import UserError
 
 
@@ -39,11 +37,6 @@ def open_atomic(path, mode="w"):
         raise WriteError(f"could not write {path} ({reason}); {free / 2**20:.0f} MiB free on its disk; the "
                          f"partial {os.path.basename(tmp)} was removed") from None
     os.replace(tmp, path)
-
-
-def save_torch(obj, path):
-    with open_atomic(path, "wb") as f:
-        torch.save(obj, f)
 
 
 def write_text(text, path):

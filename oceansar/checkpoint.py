@@ -20,7 +20,9 @@ class CheckpointError(UserError):
 
 
 def save(state, path):
-    atomic.save_torch(state, path)
+    """torch.save, atomically (atomic.py): a reader never sees half a checkpoint."""
+    with atomic.open_atomic(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path):

@@ -18,7 +18,6 @@ import tempfile
 import yaml
 
 from . import atomic
-from .model import ARCHS
 from .errors import EXIT_CONFIG, UserError
 
 
@@ -105,6 +104,9 @@ def _k(default, kind, doc, **kw):
     return Key(default, kind, doc, **kw)
 
 
+
+# The backbones model.build_backbone builds (torch-free here, so that reading a config never imports torch).
+ARCHS = ("vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
 
 SCHEMA = {
     # ---------------------------------------------------------------- prepare.py

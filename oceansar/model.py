@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from .config import ARCHS  # the names a config may choose; build_backbone builds each
+
 # name -> (embed_dim, depth, num_heads); the MLP hidden size is always 4 x embed_dim.
 VIT_SIZES = {
     "vit_nano": (96, 4, 3),
@@ -38,7 +40,6 @@ VIT_SIZES = {
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
 }
-ARCHS = (*VIT_SIZES, "resnet18", "resnet50")
 
 
 def _init_generator(generator):

@@ -242,11 +242,11 @@ def test_near_constant_training_data_is_warned_at_load(tmp_path, data):
 DISK_FULL = """
 import os, resource, signal, sys, torch
 sys.path.insert(0, {root!r})
-from oceansar import atomic, errors
+from oceansar import checkpoint, errors
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 with errors.reported():
-    atomic.save_torch({{"w": torch.zeros(1 << 20)}}, {path!r})
+    checkpoint.save({{"w": torch.zeros(1 << 20)}}, {path!r})
 """
 
 
