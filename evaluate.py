@@ -1,7 +1,7 @@
 """Evaluation of a pretrained backbone: frozen features, linear probes and kNN, next to two baselines.
 
 Reads   eval.checkpoint       pretrain.py's checkpoint.pt (its teacher backbone; architecture from the config
-                              saved in it), a backbone.pt, or published weights in any layout weights.py reads
+                              saved in it), a backbone.pt, or published weights in any layout oceansar/weights.py reads
                               (.pth/.pth.tar/.safetensors, Hugging Face folders; architecture from model.*).
                               null: <train.out>/checkpoint.pt, or <train.out>/backbone.pt when there is none
         eval.classification   prepared dataset with class_idx/class_name (TenGeoP, data/demo/tengeop)
@@ -22,7 +22,7 @@ missing input or an unwritable eval.out, checked before any work; --verify hashe
     python evaluate.py configs/oceansar1.yaml eval.batch_size=1024        # GPU when present (bf16 autocast)
     python evaluate.py configs/resnet50.yaml checkpoint=OceanSAR-1 out=runs/release/eval   # HF model folder
     python evaluate.py configs/resnet50.yaml checkpoint=OceanSAR-1-wind eval.release_head=wind
-The last two evaluate published weights (README, "Published weights"; weights.py reads every layout: the
+The last two evaluate published weights (README, "Published weights"; oceansar/weights.py reads every layout: the
 transformers ResNet of the hub release, Galeio's lightly DINO .pth.tar, DINO/timm ViTs, torchvision ResNets;
 the teacher unless eval.weights_key names another network). The model.* section must name that architecture;
 weights that do not fit it stop with the missing and unexpected keys. A ViT is built at the grid of the stored

@@ -1,8 +1,8 @@
-"""Stage 1: turn Sentinel-1 Wave Mode imagettes into sharded, memory-mappable datasets (see shards.py).
+"""Stage 1: turn Sentinel-1 Wave Mode imagettes into sharded, memory-mappable datasets (oceansar/shards.py).
 
 Reads (data.source):
-    synthetic   nothing: generates the embedded physics-based WV archive (synthetic.py, ../shared/docs/DATA.md)
-    safe        data.input: Level-1 SLC products, as .SAFE folders or .zip downloads (sentinel1.py)
+    synthetic   nothing: generates the embedded physics-based WV archive (oceansar/synthetic.py, DATA.md)
+    safe        data.input: Level-1 SLC products, as .SAFE folders or .zip downloads (oceansar/sentinel1.py)
     netcdf      data.input: netCDF imagettes (e.g. saved by xsar)
     tengeop     data.input: the TenGeoP-SARwv tree (58682.txt, 58683.txt, GeoTIFF/<letter>/*.tiff)
   safe and netcdf join L2 OCN wind and wave labels by imagette id when data.ocn_dir is set.

@@ -4,9 +4,10 @@ offline curation CLI.
 What it does (../shared/docs/METHOD.md): a curation embeds a uniform random pool P of the archive (|P| =
 ceil(prune.pool_fraction * N), or prune.pool_size, never below the kept ceil(rho * N)) with the
 *current* teacher backbone (CLS token / pooled features, one centre view, no augmentation), fits hierarchical
-k-means on a subsample of P (kmeans.py, with Vo et al.'s resampling steps), assigns every pool image to its leaf
-cluster, and keeps exactly ceil(rho * N) images: top-down water-filling over the hierarchy (each node gives every
-child min(t, size) with t the largest cap that fits, the remainder one by one to random larger children), then
+k-means on a subsample of P (oceansar/kmeans.py, with Vo et al.'s resampling steps), assigns every pool image to
+its leaf cluster, and keeps exactly ceil(rho * N) images: top-down water-filling over the hierarchy (each node
+gives every child min(t, size) with t the largest cap that fits, the remainder one by one to random larger
+children), then
 inside each leaf n images drawn without replacement with weights (d / mean d)**eta (Gumbel-top-k): eta = 0 is
 uniform, eta > 0 favours atypical images, eta < 0 prototypes. Every random draw comes from a generator seeded by
 (train.seed, epoch); under torchrun each rank embeds its slice of the pool, k-means sums are all-reduced, and
