@@ -286,9 +286,8 @@ def curate(backbone, dataset, cfg, epoch):
     p, n = cfg["prune"], len(dataset)
     device = next(backbone.parameters()).device
     g = kmeans.make_generator(cfg["train"]["seed"], epoch)
-    pool = np.arange(n)
-    if pool_size(p, n) < n:
-        pool = np.sort(torch.randperm(n, generator=g)[:pool_size(p, n)].numpy())
+    size = pool_size(p, n)
+    pool = np.sort(torch.randperm(n, generator=g)[:size].numpy()) if size < n else np.arange(n)
     start = time.perf_counter()
     features = embed_pool(backbone, dataset, pool, p["batch_size"], device)
     embed_s = time.perf_counter() - start

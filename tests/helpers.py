@@ -142,3 +142,15 @@ def pruning_config(tmp_path, data, out, **overrides):
 def curation_options(**prune_keys):
     """kmeans.Options from the prune.* defaults of the SCHEMA, with some prune keys changed."""
     return prune.kmeans_options({**config.defaults()["prune"], **prune_keys})
+
+
+def two_rank_run(cfg_path, out):
+    """pretrain.py on 2 gloo ranks through tests/dist_pretrain_check.py; both ranks must end with the same teacher.
+    Returns the run's checkpoint."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "dist_pretrain_check.py"), cfg_path]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hashes = [(out / f"teacher_rank{r}.sha256").read_text() for r in range(2)]
+    assert hashes[0] == hashes[1]
+    return torch.load(out / "checkpoint.pt", weights_only=True)

@@ -2,9 +2,6 @@
 Sinkhorn-Knopp against loop references; DINOv2-layout weights; dinov2 runs, resume after kill -9, torchrun."""
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,8 +16,7 @@ from oceansar import dinov2
 from oceansar import model as models
 from oceansar import weights
 from oceansar import probes
-from helpers import (ROOT, ENV, kill_at_first_checkpoint, read_log, run_pretrain,
-                           state_hash, write_config)
+from helpers import kill_at_first_checkpoint, read_log, run_pretrain, state_hash, two_rank_run, write_config
 
 V2 = {"train__objective": "dinov2", "model__patch_size": 4}   # 32 px globals -> an 8 x 8 patch grid
 
@@ -216,13 +212,7 @@ def test_dinov2_sinkhorn_under_two_process_torchrun(tmp_path, data_dir):
     out = tmp_path / "ddp"
     cfg = write_config(tmp_path, data_dir, out, train__epochs=2, train__batch_size_per_gpu=4,
                        train__centering="sinkhorn", model__registers=1, model__layerscale=0.1, **V2)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "tests", "dist_pretrain_check.py"), cfg]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    hashes = [(out / f"teacher_rank{r}.sha256").read_text() for r in range(2)]
-    assert hashes[0] == hashes[1]
-    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    ck = two_rank_run(cfg, out)
     init = dino.build_student_teacher(config.load([cfg]), torch.device("cpu"))[1]
     assert ck["iteration"] == 6 and state_hash(ck["teacher"]) != state_hash(init.state_dict())
     assert not ck["dino_loss"]["center"].any()          # sinkhorn: the EMA centre is never used

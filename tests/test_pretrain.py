@@ -2,8 +2,6 @@
 in-training kNN hook and a non-finite loss. CPU only, tiny sizes."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from oceansar import dino
 from oceansar import errors
 from oceansar import model as models
 from oceansar import probes
-from helpers import ENV, ROOT, kill_at_first_checkpoint, read_log, run_pretrain, state_hash, write_config
+from helpers import kill_at_first_checkpoint, read_log, run_pretrain, state_hash, two_rank_run, write_config
 
 
 def test_resume_after_kill_is_bitwise_exact_and_checkpoint_round_trips(tmp_path, data_dir):
@@ -75,13 +73,7 @@ def test_resume_after_kill_is_bitwise_exact_and_checkpoint_round_trips(tmp_path,
 def test_two_process_gloo_ranks_keep_identical_teachers(tmp_path, data_dir):
     out = tmp_path / "ddp"
     cfg = write_config(tmp_path, data_dir, out, train__epochs=2, train__batch_size_per_gpu=4)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "tests", "dist_pretrain_check.py"), cfg]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    hashes = [(out / f"teacher_rank{r}.sha256").read_text() for r in range(2)]
-    assert hashes[0] == hashes[1]
-    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    ck = two_rank_run(cfg, out)
     assert ck["global_batch"] == 8 and ck["iteration"] == 6
     init = dino.build_student_teacher(config.load([cfg]), torch.device("cpu"))[1]
     assert state_hash(ck["teacher"]) != state_hash(init.state_dict())  # it trained
