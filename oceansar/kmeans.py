@@ -7,12 +7,13 @@
     hier, leaf, distance, fitted = fit_and_assign(x, Options(...), g)   # what a curation calls (prune.py)
 
 - `kmeans(x, k, ...)`: Lloyd iterations, exact (the same fixed points as plain Lloyd) but accelerated with
-  Yinyang bounds (Ding et al. 2015): centroids are put in groups of ~Tuning.group_size; each point keeps an
-  upper bound on the distance to its centroid and one lower bound per group, moved by the centroid drifts after
-  each update, and only the groups a point's bounds cannot exclude are searched. Where the bounds do not pay
-  (no cluster structure: after Tuning.probe_iters bounded steps that each did more than Tuning.plain_above of a
-  plain step's distance work) the remaining steps are plain blocked Lloyd, one distance product + argmin per
-  chunk; either way `work` records each step's share. Distances are matrix products (||c||^2 - 2 x.c, fp32) in
+  Yinyang bounds (Ding et al. 2015): centroids are put in equal groups of ~Tuning.group_size (a balanced
+  clustering of the centroids); each point keeps an upper bound on the distance to its centroid and one lower
+  bound per group, moved by the centroid drifts after each update, and only the groups a point's bounds cannot
+  exclude are searched. Where the bounds do not pay (no cluster structure: after Tuning.probe_iters bounded
+  steps whose bounds each left more than Tuning.plain_above of a plain step's distance work) the remaining steps
+  are plain blocked Lloyd, one distance product + argmin per chunk; `work` records each step's share, `left`
+  what the bounds left. Distances are matrix products (||c||^2 - 2 x.c, fp32) in
   row chunks bounded by `mem_bytes`; per-cluster sums are accumulated in float64 and updated only for points
   that changed cluster. Init "kmeans++" (greedy k-means++ on a seeded random subsample of
   max(Tuning.init_min_candidates, init_sample_factor x k) points, or `init_candidates` of them) or "random". A
@@ -56,10 +57,10 @@ INIT_SAMPLE_FACTOR = 4
 class Tuning:
     """Speed knobs of the Lloyd iterations and the init; none changes the fixed points (tests set them to reach
     every code path)."""
-    group_size: int = 30            # Yinyang: centroids per group of lower bounds (10 to 40 measured alike)
+    group_size: int = 20            # Yinyang: centroids per group of lower bounds (blobs: 20-30 best, 12-15 +5-10 %)
     full_pass_density: float = 0.25  # above this fraction of (point, group) pairs to search, a full product is cheaper
-    probe_iters: int = 2            # bounded steps measured before deciding whether the bounds pay
-    plain_above: float = 0.4        # a bounded step costs ~2x a plain one per unit of work: above this it loses
+    probe_iters: int = 1            # bounded steps measured before deciding whether the bounds pay
+    plain_above: float = 0.4        # work the bounds leave (a group pass costs ~2x a plain step per unit): above, plain
     init_min_candidates: int = 4096  # the floor of the k-means++ subsample
 
 
@@ -225,27 +226,62 @@ def assign_prepared(x, c, mem_bytes):
 # group's other centroids. After an update the bounds move by the centroid drifts. A point whose upper bound is
 # below all its lower bounds keeps its cluster; otherwise only the groups whose bound it crosses are searched.
 
-def _full_pass(x, xsq, idx, c, csq, lengths, rows):
+def _group_min(score, lengths):
+    """Per group, the minimum of each row of score [r, k] (groups are consecutive columns; sizes S+1 then S, see
+    _group_centroids): two strided views and one amin each, cheaper than a segment reduction."""
+    big, size = int((lengths == lengths[0]).sum()), int(lengths[-1])
+    if big == len(lengths):
+        return score.unflatten(1, (big, int(lengths[0]))).amin(2)
+    cut = big * int(lengths[0])
+    return torch.cat([score[:, :cut].unflatten(1, (big, int(lengths[0]))).amin(2),
+                      score[:, cut:].unflatten(1, (len(lengths) - big, size)).amin(2)], dim=1)
+
+
+@dataclass
+class _Groups:
+    """Yinyang groups of the (permuted) centroids: group g is the consecutive columns starts[g]:starts[g + 1]."""
+    lengths: torch.Tensor  # [G] centroids per group: S+1 for the first ones, then S
+    starts: list           # [G + 1] python ints
+    first: torch.Tensor    # [G] starts[:-1] as a tensor
+    of: torch.Tensor       # [k] the group of every centroid
+
+    @classmethod
+    def of_lengths(cls, lengths):
+        starts = [0] + torch.cumsum(lengths, 0).tolist()
+        of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+        return cls(lengths, starts, torch.tensor(starts[:-1], device=lengths.device), of)
+
+
+def _full_pass(x, xsq, idx, c, csq, groups, rows):
     """Nearest centroid of rows idx (None: all), its distance, and per group the distance to the nearest other
-    centroid of the group."""
-    n, k = (len(x) if idx is None else len(idx)), len(c)
+    centroid of the group. The group minima give the nearest centroid's group; only that group's columns are
+    searched again for the centroid itself and the runner-up inside it."""
+    n, k, lengths = (len(x) if idx is None else len(idx)), len(c), groups.lengths
+    width = int(lengths.max())
     label = torch.empty(n, dtype=torch.int64, device=x.device)
     upper, lower = torch.empty(n, device=x.device), torch.empty(n, len(lengths), device=x.device)
     score = torch.empty(min(rows, n), k, device=x.device)
+    offsets = torch.arange(width, device=x.device)
     for s in range(0, n, rows):
         e = min(s + rows, n)
         sc = torch.addmm(csq, x[s:e] if idx is None else x[idx[s:e]], c.t(), alpha=-2.0, out=score[: e - s])
-        upper[s:e], label[s:e] = sc.min(dim=1)
-        sc.scatter_(1, label[s:e, None], math.inf)  # the own centroid is no "other" centroid
-        lower[s:e] = torch.segment_reduce(sc, "min", lengths=lengths.expand(e - s, -1), axis=1)
+        gmin = _group_min(sc, lengths)
+        own = gmin.argmin(dim=1)
+        cols = groups.first[own, None] + offsets  # the own group's columns (past its end: masked)
+        inside = offsets < lengths[own, None]
+        block = sc.gather(1, cols.clamp_max_(k - 1)).masked_fill_(~inside, math.inf)
+        best, at = block.min(dim=1)  # equal distances: the lowest index, as a full argmin would give
+        upper[s:e], label[s:e] = best, cols.gather(1, at[:, None]).squeeze(1)
+        gmin[torch.arange(e - s, device=x.device), own] = block.scatter_(1, at[:, None], math.inf).amin(dim=1)
+        lower[s:e] = gmin
     xsq = xsq if idx is None else xsq[idx]  # few large element-wise ops rather than many small ones
     return label, _sqrt_dist(upper, xsq), _sqrt_dist(lower, xsq[:, None])
 
 
-def _group_pass(x, xsq, idx, need, label, upper, lower, c, csq, starts, group, rows):
+def _group_pass(x, xsq, idx, need, label, upper, lower, c, csq, groups, rows):
     """Search, for the points idx, only the groups g with need[i, g]. Updates their rows of `lower` in place and
     returns their new labels and upper bounds. Work is organised as (group, point) pairs, one run per group."""
-    n_groups, k = need.shape[1], len(c)
+    n_groups, k, starts = need.shape[1], len(c), groups.starts
     g_of, p_of = need.t().nonzero().unbind(1)
     runs = [0] + torch.bincount(g_of, minlength=n_groups).cumsum(0).tolist()
     v1, v2 = torch.empty(len(p_of), device=x.device), torch.full((len(p_of),), math.inf, device=x.device)
@@ -273,14 +309,32 @@ def _group_pass(x, xsq, idx, need, label, upper, lower, c, csq, starts, group, r
     # a searched group's bound is its nearest centroid other than the (new) own one
     lower[idx[p_of], g_of] = _sqrt_dist(torch.where(a1 == new_label[p_of], v2, v1), xsq_i[p_of])
     moved = (new_label != label).nonzero().squeeze(1)  # the old centroid became an "other" one of its group
-    at = (idx[moved], group[label[moved]])
+    at = (idx[moved], groups.of[label[moved]])
     lower[at] = torch.minimum(lower[at], upper[moved])
     return new_label, new_upper
 
 
+def _balanced_owner(dist, capacity):
+    """Each row of dist [k, G] to a column, column j taking exactly capacity[j] rows (sum = k), closest pairs
+    first: in each round every unplaced row asks its nearest column with room, the column keeps the closest."""
+    k, n_cols = dist.shape
+    owner = torch.full((k,), -1, dtype=torch.int64, device=dist.device)
+    room = capacity.clone()
+    while (owner < 0).any():
+        free = (owner < 0).nonzero().squeeze(1)
+        d = dist[free].masked_fill(room[None] == 0, math.inf)
+        want = d.argmin(dim=1)
+        keep = rank_in_segment(want, d.gather(1, want[:, None]).squeeze(1), n_cols) < room[want]
+        owner[free[keep]] = want[keep]
+        room -= torch.bincount(want[keep], minlength=n_cols)
+    return owner
+
+
 def _group_centroids(c, generator, group_size):
-    """Yinyang groups of about group_size centroids from a few Lloyd steps on the centroids themselves.
-    Returns the permutation that makes every group consecutive, and the group lengths."""
+    """Yinyang groups of the centroids: a few Lloyd steps on the centroids themselves, then a balanced
+    assignment so that the groups hold S+1 (the first ones) or S centroids: a group pass then costs what its
+    pairs say, and a full pass takes the group minima from two strided views. Returns the permutation that
+    makes every group consecutive, and the group lengths."""
     k, n_groups = len(c), max(1, len(c) // group_size)
     if n_groups == 1:
         return torch.arange(k, device=c.device), torch.tensor([k], device=c.device)
@@ -290,9 +344,10 @@ def _group_centroids(c, generator, group_size):
         count = torch.bincount(owner, minlength=n_groups)[:, None]
         mean = torch.zeros_like(seeds).index_add_(0, owner, c) / count.clamp_min(1)
         seeds = torch.where(count > 0, mean, seeds)
-    owner = torch.cdist(c, seeds).argmin(dim=1)
-    lengths = torch.bincount(owner, minlength=n_groups)
-    return torch.argsort(owner, stable=True), lengths[lengths > 0]
+    lengths = torch.full((n_groups,), k // n_groups, device=c.device)
+    lengths[: k % n_groups] += 1
+    owner = _balanced_owner(torch.cdist(c, seeds), lengths)
+    return torch.argsort(owner, stable=True), lengths
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -305,19 +360,21 @@ class KMeansResult:
     inertia: float             # sum over all ranks of squared distances, float64
     history: list              # inertia after each assignment step (non-increasing)
     work: list                 # per assignment step, distance work done as a fraction of a plain Lloyd step
+    left: list                 # per assignment step, the work the bounds left (what decides bounded vs plain)
 
 
 def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Greedy k-means++ on candidate rows p (identical on every rank): each step draws 2 + ln k trials with
     probability proportional to D^2 and keeps the one that lowers the potential most."""
     m, trials = p.shape[0], 2 + int(math.log(k))
-    psq = (p * p).sum(1)
+    psq = (p * p).sum(1, keepdim=True)
 
-    def sq_dist(q):  # [len(q), m] squared distances (the faster layout for a narrow product), float64 for sums
-        return torch.addmm(psq[None] + (q * q).sum(1)[:, None], q, p.t(), alpha=-2.0).clamp_min_(0).double()
+    def sq_dist(q):  # [m, len(q)] squared distances, float64 for the sums. Each step reads all of p once: the
+        # [m, d] x [d, t] layout of F.linear streams it ~2.5x faster than [t, d] x [d, m] (measured, t = 9-11)
+        return F.linear(p, q).mul_(-2.0).add_(psq).add_((q * q).sum(1)).clamp_min_(0).double()
 
     chosen = [int(torch.randint(m, (1,), generator=generator))]
-    best = sq_dist(p[chosen])[0]
+    best = sq_dist(p[chosen])[:, 0]
     uniforms = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(p.device)  # drawn at once: one op
     for step in range(1, k):
         u = uniforms[step]
@@ -326,11 +383,20 @@ def _kmeanspp(p: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tens
             trial = torch.searchsorted(best.cumsum(0), u * total, right=True).clamp_max_(m - 1)
         else:  # every candidate sits on a centre already (duplicates): any point will do
             trial = (u * m).long().clamp_max_(m - 1)
-        after = torch.minimum(best[None], sq_dist(p[trial]))
-        pick = int(after.sum(1).argmin())
+        after = torch.minimum(best[:, None], sq_dist(p[trial]))
+        pick = int(after.sum(0).argmin())
         chosen.append(int(trial[pick]))
-        best = after[pick]
+        best = after[:, pick].contiguous()
     return p[torch.tensor(chosen, device=p.device)].clone()
+
+
+def initial_centroids(x, k, *, generator, init="kmeans++", metric="cosine", init_candidates=None,
+                      init_sample_factor=None, distributed=None, tuning=TUNING) -> torch.Tensor:
+    """The k starting centroids `kmeans` would use (x: this rank's rows when distributed): k-means++ on a
+    seeded subsample (see kmeans) or k random points; identical on every rank."""
+    x = prepare_points(x, metric)
+    return _init_centroids(x, k, init, generator, layout(len(x), x.device, distributed), init_candidates,
+                           init_sample_factor, tuning.init_min_candidates)
 
 
 def _init_centroids(x, k, init, generator, lay, candidates, factor, min_candidates):
@@ -391,9 +457,11 @@ def _reseed_empty(x, c, label, empty, generator, lay, rows):
     return c, far
 
 
-def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, rows_k, rows_d, full_pass_density):
+def _bounded_step(x, xsq, label, upper, lower, c, csq, groups, rows_k, rows_d, full_pass_density):
     """One Yinyang assignment step. Updates upper/lower in place; returns (searched rows, their new labels,
-    the work done in units of full rows: a group pass costs its (point, group) pairs / number of groups)."""
+    the work done and the work the bounds left, in units of full rows: a group pass costs its (point, group)
+    pairs / number of groups, exact up to the S vs S+1 group sizes; a full pass, chosen when the pairs are
+    dense, costs its rows)."""
     bound = lower.min(dim=1).values
     active = (upper > bound).nonzero().squeeze(1)
     upper[active] = _distance_to_own(x, active, c, label, rows_d)  # tighten: one row, not k
@@ -401,48 +469,50 @@ def _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group, r
     need = lower[active] < upper[active, None]
     pairs = int(need.sum())
     if len(active) and pairs > full_pass_density * need.numel():
-        new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, lengths, rows_k)
-        return active, new, len(active)
-    new, upper[active] = _group_pass(x, xsq, active, need, label[active], upper[active], lower, c, csq, starts,
-                                     group, rows_d)
-    return active, new, pairs / len(lengths)
+        new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, groups, rows_k)
+        return active, new, len(active), pairs / len(groups.lengths)
+    new, upper[active] = _group_pass(x, xsq, active, need, label[active], upper[active], lower, c, csq, groups,
+                                     rows_d)
+    return active, new, pairs / len(groups.lengths), pairs / len(groups.lengths)
 
 
 def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning):
     """Lloyd iterations, bounded (Yinyang) while the bounds pay, plain blocked Lloyd once they do not: after
-    tuning.probe_iters bounded steps that searched more than tuning.plain_above of the full work, the remaining
+    tuning.probe_iters bounded steps whose bounds left more than tuning.plain_above of the full work, the remaining
     steps are one distance product + argmin per chunk (the decision uses all-reduced counts: every rank takes it)."""
     n, k, d = x.shape[0], c.shape[0], x.shape[1]
     rows_k, rows_d = _chunk_rows(k, mem_bytes), _chunk_rows(d, mem_bytes, CHUNK_BYTES // 4)
     perm, lengths = _group_centroids(c, generator, tuning.group_size)
-    c, starts = c[perm], [0] + torch.cumsum(lengths, 0).tolist()
-    group = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), lengths)
+    c, groups = c[perm], _Groups.of_lengths(lengths)
     xsq = (x * x).sum(1)
     total_sq = float(_all_reduce_(xsq.double().sum().reshape(1), lay.on))
-    history, work, bounded = [], [], True
+    history, work, left, bounded = [], [], [], True
     for it in range(n_iter + 1):
         csq = (c * c).sum(1)
         if it == 0:
-            label, upper, lower = _full_pass(x, xsq, None, c, csq, lengths, rows_k)
+            label, upper, lower = _full_pass(x, xsq, None, c, csq, groups, rows_k)
             local_sums, local_counts = _full_sums(x, label, k, rows_d), torch.bincount(label, minlength=k)
-            moved = done = n
+            moved = done = needed = n
         else:
             if bounded:
-                active, new, done = _bounded_step(x, xsq, label, upper, lower, c, csq, lengths, starts, group,
-                                                  rows_k, rows_d, tuning.full_pass_density)
+                active, new, done, needed = _bounded_step(x, xsq, label, upper, lower, c, csq, groups, rows_k, rows_d,
+                                                  tuning.full_pass_density)
             else:
                 active, new, done = torch.arange(n, device=x.device), _nearest(x, c, rows_k), n
+                needed = n
             moved = _move_(local_sums, local_counts, x, label, active, new, rows_d)
         sums = _all_reduce_(local_sums.clone(), lay.on)
         counts = _all_reduce_(local_counts.clone(), lay.on)
-        moved, done = _all_reduce_(torch.tensor([moved, done], dtype=torch.float64, device=x.device), lay.on).tolist()
+        moved, done, needed = _all_reduce_(torch.tensor([moved, done, needed], dtype=torch.float64, device=x.device),
+                                           lay.on).tolist()
         work.append(done / lay.n_total)
+        left.append(needed / lay.n_total)
         # sum_i ||x_i - c_a(i)||^2 = sum ||x||^2 - 2 sum_j c_j.S_j + sum_j n_j ||c_j||^2, exact from the sums
         cross, own = float((c.double() * sums).sum()), float((counts * csq.double()).sum())
         history.append(max(0.0, total_sq - 2 * cross + own))
         if it == n_iter or (it > 0 and moved == 0):
             break
-        if it == tuning.probe_iters and min(work[1:]) > tuning.plain_above:
+        if it == tuning.probe_iters and min(left[1:]) > tuning.plain_above:
             bounded = False  # the bounds cost more than they save: plain Lloyd from here on
         new_c = _update_centroids(sums, counts, c, metric)
         empty = (counts == 0).nonzero().squeeze(1)
@@ -455,7 +525,7 @@ def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning):
             lower -= torch.segment_reduce(drift, "max", lengths=lengths)[None]
         c = new_c
     inverse = torch.argsort(perm)
-    return c[inverse], perm[label], history, work, int((counts == 0).sum())
+    return c[inverse], perm[label], history, (work, left), int((counts == 0).sum())
 
 
 def _move_(sums, counts, x, label, active, new, rows):
@@ -509,7 +579,7 @@ def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", ini
         warnings.warn(f"kmeans: {n_empty} of {k} clusters stayed empty (duplicate points?)")
     d = _distance_to_own(x, None, c, label, _chunk_rows(x.shape[1], mem_bytes))
     inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
-    return KMeansResult(c, label, d, inertia, history, work)
+    return KMeansResult(c, label, d, inertia, history, *work)
 
 
 # ----------------------------------------------------------------------------- segment helpers
@@ -556,7 +626,7 @@ def _kmeans_resampled(x, k, steps, size, rule, lay, **kw) -> KMeansResult:
         sub = _kmeans(x[owned_rows(union.to(x.device), lay, len(x))], k, distributed=lay.on, **kw)
         label, d = assign_prepared(x, sub.centroids, kw["mem_bytes"])  # every point to the new centroids
         inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
-        res = KMeansResult(sub.centroids, label, d, inertia, sub.history, sub.work)
+        res = KMeansResult(sub.centroids, label, d, inertia, sub.history, sub.work, sub.left)
     return res
 
 

@@ -1,13 +1,18 @@
 """Tests of oceansar/kmeans.py against a numpy Lloyd reference: fixed points, the bounds switch, k-means++ on a
-subsample, edge cases, empty-cluster reseeding and Vo et al.'s resampling. CPU, tiny sizes."""
+subsample, balanced Yinyang groups, edge cases, empty-cluster reseeding, Vo et al.'s resampling, and a smoke run of
+benchmarks/bench_kmeans.py. CPU, tiny sizes."""
 
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from oceansar import kmeans
-from helpers import heavy_tailed_blobs
+from helpers import ENV, ROOT, heavy_tailed_blobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,3 +137,31 @@ def test_resampling_takes_the_truly_closest_points_not_the_lowest_indices():
     assert union.tolist() == [2, 3, 4, 5]
     rand = kmeans._resample_union(label, dist, 2, 3, "random", kmeans.make_generator(0), lay)
     assert len(rand) == 6 and (label[rand] == 0).sum() == 3
+
+
+def test_yinyang_groups_are_balanced_and_hold_every_centroid_once():
+    c = torch.from_numpy(np.random.default_rng(6).normal(0, 1, (103, 8)).astype(np.float32))
+    c[:60] += 8.0  # one dense region: an unbalanced clustering of the centroids would give it few large groups
+    perm, lengths = kmeans._group_centroids(c, kmeans.make_generator(0), 10)
+    assert sorted(perm.tolist()) == list(range(103))
+    assert lengths.tolist() == [11, 11, 11] + [10] * 7  # S+1 first, then S; sums to k
+    dist = torch.cdist(c, c[:7])
+    owner = kmeans._balanced_owner(dist, torch.tensor([20, 20, 20, 20, 10, 10, 3]))
+    assert torch.bincount(owner, minlength=7).tolist() == [20, 20, 20, 20, 10, 10, 3]
+    assert owner[:7].tolist() == list(range(7))  # a column's own point is its closest: always kept
+
+
+def test_group_minima_from_strided_views_equal_a_segment_reduction():
+    score = torch.from_numpy(np.random.default_rng(7).normal(0, 1, (5, 23)).astype(np.float32))
+    for lengths in ([8, 8, 7], [12, 11], [23]):
+        lengths = torch.tensor(lengths)
+        ref = torch.segment_reduce(score, "min", lengths=lengths.expand(5, -1), axis=1)
+        assert torch.equal(kmeans._group_min(score, lengths), ref)
+
+
+def test_benchmark_runs_at_toy_size():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_kmeans.py"), "--n", "1500", "800", "--k", "12",
+           "--iters", "3", "--factors", "4", "--only-ours"]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "init kmeans++ x4" in done.stdout and "then Lloyd" in done.stdout and "our Lloyd time" in done.stdout
