@@ -6,8 +6,8 @@ Writes  <train.out>/config.yaml          the resolved config
                                          train.checkpoint_iters iterations; a snapshot checkpoint_e<NNNN>.pt
                                          after every train.checkpoint_every completed epochs
         <train.out>/log.jsonl            one record per train.log_every iterations, per epoch and per event
-        <train.out>/curves.png           the run drawn from log.jsonl at every checkpoint (oceansar/curves.py)
-        <train.out>/curation_e<NNNN>.png the kept set of a curation, by cluster (prune.py; at most 12 per run)
+        <train.out>/curves.png           the run drawn from log.jsonl at every snapshot and at the end (curves.py)
+        <train.out>/curation_e<NNNN>.png the kept set of a curation, by cluster (prune.py; at most 4 per run)
         <train.out>/backbone.pt          the teacher backbone's state dict alone (plain load_state_dict works)
 
 Commands (one code path; the process group comes from the torchrun environment when WORLD_SIZE > 1):
@@ -33,8 +33,7 @@ iterations in every pruning mode (oceansar/epochs.py).
 
 import os
 
-# Before torch loads OpenMP: threads that spin while idle slow a small shared CPU several-fold. A wait
-# policy the user set wins.
+# Before torch loads OpenMP: idle threads that spin slow a small shared CPU several-fold; the user's policy wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import math
@@ -260,7 +259,8 @@ class Trainer:
         curation_s = time.perf_counter() - start
         losses = self.train_iterations(epoch, bar)
         complete = self.iteration == (epoch + 1) * self.ipe
-        self.save(epoch, snapshot=complete and (epoch + 1) % self.t["checkpoint_every"] == 0)
+        snapshot = complete and (epoch + 1) % self.t["checkpoint_every"] == 0
+        self.save(epoch, snapshot=snapshot)
         norm = np.asarray(losses) / self.ln_k
         record = {"event": "epoch", "epoch": epoch, "iteration": self.iteration, "complete": complete,
                   "loss": float(np.mean(losses)), "loss_norm": float(norm.mean()), "subset": len(self.indices),
@@ -274,7 +274,7 @@ class Trainer:
         if self.knn is not None and (complete and (epoch + 1) % self.t["eval_every"] == 0 or last):
             record["knn"] = self.knn(self.teacher.backbone, self.device)
         self.log.write(**record)
-        if self.main:                  # the epoch's checkpoint is saved and its record logged: redraw the run
+        if self.main and (snapshot or last):  # its record is logged: redraw the run (~2 s, not every epoch)
             curves.draw_run(self.out)
         if complete:
             self.indices = None

@@ -64,7 +64,7 @@ from oceansar import weights
 from oceansar.epochs import pool_size, subset_size
 from oceansar.kmeans import rank_in_segment
 
-MAX_CURATION_MONTAGES = 12   # curation_e<NNNN>.png files a training run writes at most (evenly spread)
+MAX_CURATION_MONTAGES = 4    # curation_e<NNNN>.png files a training run writes at most (evenly spread; ~3 s each)
 
 
 # ----------------------------------------------------------------------------- the policy

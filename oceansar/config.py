@@ -150,7 +150,7 @@ SCHEMA = {
         "arch": _k("resnet18", str, "backbone", choices=ARCHS),
         "patch_size": _k(16, int, "ViT patch size (14: the DINOv2 releases)", choices=[4, 8, 14, 16, 32]),
         "drop_path": _k(0.1, float, "stochastic depth rate (ViT)", lo=0.0, hi=0.9),
-        "width": _k(16, int, "ResNet: channels of the first stage (torchvision: 64; stage k has width * 2^(k-1))",
+        "width": _k(8, int, "ResNet: channels of the first stage (torchvision: 64; stage k has width * 2^(k-1))",
                     lo=4, hi=512),
         "out_dim": _k(256, int, "DINO head output dimension", lo=2),
         "head_hidden_dim": _k(256, int, "DINO head hidden size", lo=8),
@@ -163,8 +163,8 @@ SCHEMA = {
     "train": {
         "data": _k("data/demo/archive", str, "prepared pretraining dataset folder"),
         "out": _k("runs/demo", str, "run folder: checkpoints, logs, backbone.pt"),
-        "epochs": _k(20, int, "epochs; one epoch = ceil(prune.rho * N / global_batch) iterations", lo=1),
-        "batch_size_per_gpu": _k(128, int, "images per process per step", lo=1),
+        "epochs": _k(40, int, "epochs; one epoch = ceil(prune.rho * N / global_batch) iterations", lo=1),
+        "batch_size_per_gpu": _k(256, int, "images per process per step", lo=1),
         "lr": _k(0.01, float, "peak lr at global batch 256 (scaled linearly)", lo=0.0),
         "min_lr": _k(1e-6, float, "final lr of the cosine schedule", lo=0.0),
         "warmup_epochs": _k(2, int, "linear lr warm-up epochs", lo=0),
@@ -178,8 +178,8 @@ SCHEMA = {
         "center_momentum": _k(0.9, float, "momentum of the DINO centre", lo=0.0, hi=1.0),
         "clip_grad": _k(3.0, float, "per-parameter gradient norm clip (0: off)", lo=0.0),
         "freeze_last_layer": _k(1, int, "epochs during which the head's last layer is frozen", lo=0),
-        "global_crops_size": _k(48, int, "global crop side (px)", lo=8),
-        "global_crops_scale": _k([0.5625, 0.5625], "floats", "area fraction range of global crops", length=2, lo=0.01, hi=1.0),
+        "global_crops_size": _k(32, int, "global crop side (px)", lo=8),
+        "global_crops_scale": _k([0.25, 0.25], "floats", "area fraction range of global crops", length=2, lo=0.01, hi=1.0),
         "local_crops_number": _k(0, int, "local crops per image", lo=0),
         "local_crops_size": _k(96, int, "local crop side (px)", lo=8),
         "local_crops_scale": _k([0.05, 0.32], "floats", "area fraction range of local crops", length=2, lo=0.01, hi=1.0),
@@ -187,7 +187,7 @@ SCHEMA = {
         "prefetch": _k(4, int, "batches read ahead by the background reader thread", lo=1),
         "compile": _k(False, bool, "torch.compile the student and teacher"),
         "checkpoint_every": _k(10, int, "keep a snapshot checkpoint every N epochs (latest is always kept)", lo=1),
-        "eval_every": _k(1, int, "kNN on the validation split every N epochs (0: off)", lo=0),
+        "eval_every": _k(2, int, "kNN on the validation split every N epochs (0: off)", lo=0),
         "eval_data": _k("data/demo/tengeop", str, "labelled dataset for the in-training kNN", optional=True),
         "resume": _k(True, bool, "resume from <out>/checkpoint.pt when it exists"),
         "max_iters": _k(None, int, "stop after this many iterations (schedules unchanged; for tests)", lo=1, optional=True),
@@ -230,11 +230,11 @@ SCHEMA = {
     "prune": {
         "mode": _k("dynamic", str, "none: uniform random subset per epoch; static: cluster once after warm-up; "
                    "dynamic: re-cluster every `every` epochs", choices=["none", "static", "dynamic"]),
-        "rho": _k(0.25, float, "fraction of the archive seen per epoch", lo=1e-4, hi=1.0),
+        "rho": _k(0.5, float, "fraction of the archive seen per epoch", lo=1e-4, hi=1.0),
         "eta": _k(0.0, float, "within-cluster diversity: >0 favours atypical points, <0 prototypes", lo=-10.0, hi=10.0),
         "warmup_epochs": _k(4, int, "T_w: plain DINO epochs on uniform subsets before the first curation", lo=0),
         "every": _k(4, int, "T_s: epochs between curations (dynamic mode)", lo=1),
-        "pool_fraction": _k(0.5, float, "pool P embedded at each curation, as a fraction of the archive: "
+        "pool_fraction": _k(1.0, float, "pool P embedded at each curation, as a fraction of the archive: "
                             "|P| = ceil(pool_fraction * N), at least the kept ceil(rho * N) (1.0: whole archive)",
                             lo=1e-4, hi=1.0),
         "pool_size": _k(None, int, "pool P as a number of images; when set it replaces pool_fraction", lo=1,

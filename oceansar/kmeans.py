@@ -468,12 +468,13 @@ def _bounded_step(x, xsq, label, upper, lower, c, csq, groups, rows_k, rows_d, f
     active = active[upper[active] > bound[active]]
     need = lower[active] < upper[active, None]
     pairs = int(need.sum())
+    left = pairs / len(groups.lengths)
     if len(active) and pairs > full_pass_density * need.numel():
         new, upper[active], lower[active] = _full_pass(x, xsq, active, c, csq, groups, rows_k)
-        return active, new, len(active), pairs / len(groups.lengths)
+        return active, new, len(active), left
     new, upper[active] = _group_pass(x, xsq, active, need, label[active], upper[active], lower, c, csq, groups,
                                      rows_d)
-    return active, new, pairs / len(groups.lengths), pairs / len(groups.lengths)
+    return active, new, left, left
 
 
 def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning):
