@@ -1,4 +1,4 @@
-"""A run's picture: curves.png drawn from its log.jsonl (pretrain.py redraws it at every checkpoint).
+"""A run's picture: curves.png drawn from its log.jsonl (pretrain.py redraws it at every snapshot and the end).
 
     python -m oceansar.curves runs/demo        # redraw runs/demo/curves.png now, e.g. while the run trains
     curves.draw_run("runs/demo")               # what pretrain.py calls; returns the path
