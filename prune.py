@@ -4,12 +4,11 @@ offline curation CLI.
 What it does (../shared/docs/METHOD.md): a curation embeds a uniform random pool P of the archive (|P| =
 ceil(prune.pool_fraction * N), or prune.pool_size, never below the kept ceil(rho * N)) with the
 *current* teacher backbone (CLS token / pooled features, one centre view, no augmentation), fits hierarchical
-k-means on a subsample of P (oceansar/kmeans.py, with Vo et al.'s resampling steps), assigns every pool image to
-its leaf cluster, and keeps exactly ceil(rho * N) images: top-down water-filling over the hierarchy (each node
+k-means on a subsample of P (oceansar/hierarchy.py, with Vo et al.'s resampling steps), assigns every pool image
+to its leaf cluster, and keeps exactly ceil(rho * N) images: top-down water-filling over the hierarchy (each node
 gives every child min(t, size) with t the largest cap that fits, the remainder one by one to random larger
-children), then
-inside each leaf n images drawn without replacement with weights (d / mean d)**eta (Gumbel-top-k): eta = 0 is
-uniform, eta > 0 favours atypical images, eta < 0 prototypes. Every random draw comes from a generator seeded by
+children), then inside each leaf n images drawn without replacement with weights (d / mean d)**eta
+(Gumbel-top-k): eta = 0 is uniform, eta > 0 favours atypical images, eta < 0 prototypes. Every random draw comes from a generator seeded by
 (train.seed, epoch); under torchrun each rank embeds its slice of the pool, k-means sums are all-reduced, and
 every rank returns the identical sorted index list. Vectorised over clusters (segment sorts); the only Python
 loop is over hierarchy levels.
@@ -57,6 +56,7 @@ from oceansar import config
 from oceansar import curation_plots
 from oceansar import distributed
 from oceansar import errors
+from oceansar import hierarchy
 from oceansar import kmeans
 from oceansar import shards
 from oceansar import streams
@@ -238,10 +238,10 @@ def diagnostics(leaf, kept, n_clusters: int, labels=None, meta=None, columns=("w
 
 def kmeans_options(p):
     """The prune.* keys that reach k-means."""
-    return kmeans.Options(levels=tuple(p["levels"]), n_iter=p["iters"], resample_steps=p["resample_steps"],
-                          sample_size=p["resample_size"], sample_rule=p["resample_rule"], metric=p["metric"],
-                          init=p["init"], init_sample_factor=p["init_sample_factor"], fit_sample=p["kmeans_sample"],
-                          mem_bytes=p["memory_mb"] << 20)
+    return hierarchy.Options(levels=tuple(p["levels"]), n_iter=p["iters"], resample_steps=p["resample_steps"],
+                             sample_size=p["resample_size"], sample_rule=p["resample_rule"], metric=p["metric"],
+                             init=p["init"], init_sample_factor=p["init_sample_factor"],
+                             fit_sample=p["kmeans_sample"], mem_bytes=p["memory_mb"] << 20)
 
 
 def cluster_and_sample(features, target, options, eta, generator, labels=None, meta=None):
@@ -249,7 +249,7 @@ def cluster_and_sample(features, target, options, eta, generator, labels=None, m
 
     features: this rank's contiguous block of the pool. Returns (sorted int64 pool positions, identical on every
     rank; diagnostics dict; Clusters). labels / meta: whole-pool arrays for the diagnostics."""
-    hier, leaf, distance, fitted = kmeans.fit_and_assign(features, options, generator)
+    hier, leaf, distance, fitted = hierarchy.fit_and_assign(features, options, generator)
     kept = balanced_sample(leaf, distance, target, k=hier.k, parents=hier.parents, eta=eta, generator=generator)
     info = diagnostics(leaf.numpy(), kept, hier.k[0], labels, meta)
     info["levels"] = hier.k

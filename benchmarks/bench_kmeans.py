@@ -103,7 +103,8 @@ def run_sklearn(x, init, args):
 
 def bench_init(x, args):
     """Every init option, the Lloyd run from it; returns {option: (init s, Lloyd s, inertia)} and the default init."""
-    options = [(f"kmeans++ x{f}", "kmeans++", f) for f in args.factors] + [("random", "random", None)] * args.random
+    options = [(f"kmeans++ x{f}", "kmeans++", f) for f in args.factors] + ([("random", "random", None)] if args.random
+                                                                           else [])
     out, default = {}, None
     for name, init, factor in options:
         t_init, c = our_init(x, args, init, factor)

@@ -1,10 +1,9 @@
-"""Distributed hierarchical k-means in torch (Vo et al. 2024), the clustering half of prune.py.
+"""Distributed exact k-means in torch: Lloyd with Yinyang bounds, k-means++ on a subsample (hierarchy.py stacks
+it into Vo et al.'s hierarchical k-means for prune.py).
 
     g = make_generator(seed, epoch)                         # every random draw comes from this generator
     res = kmeans(x, k, generator=g, n_iter=20)              # centroids, labels, distances, inertia
-    hier = fit_hierarchy(x_fit, [k1, k2], generator=g)      # leaves -> level-2 clusters -> ...
-    leaf, distance = assign(x_pool, hier.centroids[0])      # every pool point to its leaf centroid
-    hier, leaf, distance, fitted = fit_and_assign(x, Options(...), g)   # what a curation calls (prune.py)
+    leaf, distance = assign(x_pool, res.centroids)          # every point to its nearest centroid
 
 - `kmeans(x, k, ...)`: Lloyd iterations, exact (the same fixed points as plain Lloyd) but accelerated with
   Yinyang bounds (Ding et al. 2015): centroids are put in equal groups of ~Tuning.group_size (a balanced
@@ -20,15 +19,11 @@
   cluster left empty is re-seeded with the point farthest from its centroid (ties broken by the generator).
   Metric "cosine" (points and centroids L2-normalised: spherical k-means, nearest = max dot) or "l2". Inertia =
   sum of squared Euclidean distances (for cosine: between unit vectors, 2 - 2 cos), float64.
-- `fit_hierarchy`: level 1 clusters the points, level l > 1 the centroids of level l-1. Each level runs
-  `resample_steps` Vo resampling steps: take `sample_size` points per cluster (the closest to the centroid,
-  properly sorted by distance, or random; default half the mean cluster size), run a fresh k-means on that
-  union, re-assign all points.
 
 Edge cases: non-finite features raise ValueError naming how many rows; fewer points than clusters reduces k
 with a warning; duplicates are fine (clusters that cannot be filled stay empty, with a warning); k = 1 works.
 
-Distributed: when torch.distributed is initialised, `kmeans` and `fit_hierarchy` treat `x` as this rank's
+Distributed: when torch.distributed is initialised, `kmeans` treats `x` as this rank's
 contiguous block of the points (rank 0 first, so global index = rank offset + local index). Sums and counts
 are all-reduced, the init draws candidates by global index with the shared generator, so every rank ends with
 identical centroids, and the result does not depend on the number of ranks (up to float rounding of the sums).
@@ -45,6 +40,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from .distributed import all_reduce_
 
 METRICS = ("cosine", "l2")
 DEFAULT_MEM_BYTES = 512 * 2**20
@@ -77,15 +74,15 @@ def make_generator(seed: int, epoch: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def _distributed(flag=None) -> bool:
+def is_distributed(flag=None) -> bool:
+    """Whether to reduce over ranks: the process group is up and `flag` (None: whenever it is up) allows it."""
     on = dist.is_available() and dist.is_initialized()
     return on if flag is None else (bool(flag) and on)
 
 
-def _all_reduce_(t: torch.Tensor, on: bool) -> torch.Tensor:
-    if on and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
+def sum_over_ranks(t: torch.Tensor, on: bool) -> torch.Tensor:
+    """t summed over the ranks in place when `on` (a layout's flag), else t as it is."""
+    return all_reduce_(t) if on else t
 
 
 def _rank_counts(n_local: int, device, on: bool) -> list:
@@ -99,7 +96,7 @@ def _rank_counts(n_local: int, device, on: bool) -> list:
 
 def all_gather_rows(t: torch.Tensor, on=None) -> torch.Tensor:
     """Every rank's rows concatenated in rank order (row counts may differ between ranks)."""
-    on = _distributed(on)
+    on = is_distributed(on)
     if not on:
         return t
     counts = _rank_counts(t.shape[0], t.device, on)
@@ -119,7 +116,7 @@ class _Layout:
 
 
 def layout(n_local: int, device, on=None) -> _Layout:
-    on = _distributed(on)
+    on = is_distributed(on)
     counts = _rank_counts(n_local, device, on)
     rank = dist.get_rank() if on else 0
     return _Layout(on, sum(counts[:rank]), sum(counts))
@@ -133,7 +130,7 @@ def _rows_by_global_index(x, lay: _Layout, idx: torch.Tensor) -> torch.Tensor:
     out = x.new_zeros(len(idx), x.shape[1])
     own = (idx >= lay.offset) & (idx < lay.offset + len(x))
     out[own] = x[idx[own] - lay.offset]
-    return _all_reduce_(out, True)
+    return sum_over_ranks(out, True)
 
 
 def owned_rows(idx_sorted: torch.Tensor, lay: _Layout, n_local: int) -> torch.Tensor:
@@ -151,7 +148,7 @@ def check_features(x: torch.Tensor, name: str = "features", on=None) -> None:
     suspect = (~torch.isfinite(x.sum(dim=1))).nonzero().squeeze(1)  # one cheap pass; then exact on those rows
     bad = (~torch.isfinite(x[suspect])).any(dim=1).sum().to(torch.int64).reshape(1)
     n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)
-    both = _all_reduce_(torch.cat([bad, n]), _distributed(on))
+    both = sum_over_ranks(torch.cat([bad, n]), is_distributed(on))
     if int(both[0]):
         raise ValueError(f"{name}: {int(both[0])} of {int(both[1])} rows contain NaN/inf values; "
                          "drop or impute them before clustering")
@@ -162,13 +159,6 @@ def prepare_points(x: torch.Tensor, metric: str) -> torch.Tensor:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     x = x.float()
     return F.normalize(x, dim=1) if metric == "cosine" else x.contiguous()
-
-
-def _per_level(value, n_levels: int, name: str) -> list:
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * n_levels
-    if len(values) != n_levels:
-        raise ValueError(f"{name}: expected one value per level ({n_levels}), got {values}")
-    return values
 
 
 # ----------------------------------------------------------------------------- distance kernels
@@ -486,7 +476,7 @@ def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning):
     perm, lengths = _group_centroids(c, generator, tuning.group_size)
     c, groups = c[perm], _Groups.of_lengths(lengths)
     xsq = (x * x).sum(1)
-    total_sq = float(_all_reduce_(xsq.double().sum().reshape(1), lay.on))
+    total_sq = float(sum_over_ranks(xsq.double().sum().reshape(1), lay.on))
     history, work, left, bounded = [], [], [], True
     for it in range(n_iter + 1):
         csq = (c * c).sum(1)
@@ -502,9 +492,9 @@ def _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning):
                 active, new, done = torch.arange(n, device=x.device), _nearest(x, c, rows_k), n
                 needed = n
             moved = _move_(local_sums, local_counts, x, label, active, new, rows_d)
-        sums = _all_reduce_(local_sums.clone(), lay.on)
-        counts = _all_reduce_(local_counts.clone(), lay.on)
-        moved, done, needed = _all_reduce_(torch.tensor([moved, done, needed], dtype=torch.float64, device=x.device),
+        sums = sum_over_ranks(local_sums.clone(), lay.on)
+        counts = sum_over_ranks(local_counts.clone(), lay.on)
+        moved, done, needed = sum_over_ranks(torch.tensor([moved, done, needed], dtype=torch.float64, device=x.device),
                                            lay.on).tolist()
         work.append(done / lay.n_total)
         left.append(needed / lay.n_total)
@@ -550,13 +540,13 @@ def kmeans(x: torch.Tensor, k: int, *, generator: torch.Generator, n_iter: int =
     max(tuning.init_min_candidates, init_sample_factor k), factor default INIT_SAMPLE_FACTOR); mem_bytes: bound
     of a distance chunk; distributed: None = when initialised; tuning: speed knobs (Tuning)."""
     check_features(x, "kmeans input", distributed)
-    return _kmeans(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
+    return kmeans_prepared(prepare_points(x, metric), k, generator=generator, n_iter=n_iter, metric=metric, init=init,
                    init_centroids=init_centroids, init_candidates=init_candidates,
                    init_sample_factor=init_sample_factor, mem_bytes=mem_bytes,
                    distributed=distributed, tuning=tuning)
 
 
-def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", init_centroids=None,
+def kmeans_prepared(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", init_centroids=None,
             init_candidates=None, init_sample_factor=None, mem_bytes=DEFAULT_MEM_BYTES,
             distributed=None, tuning=TUNING) -> KMeansResult:
     """kmeans() on already prepared (float32, normalised for cosine) points."""
@@ -575,12 +565,12 @@ def _kmeans(x, k, *, generator, n_iter=20, metric="cosine", init="kmeans++", ini
     else:
         c = _init_centroids(x, k, init, generator, lay, init_candidates, init_sample_factor,
                             tuning.init_min_candidates)
-    c, label, history, work, n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning)
+    c, label, history, (work, left), n_empty = _lloyd(x, c, n_iter, metric, generator, lay, mem_bytes, tuning)
     if n_empty:
         warnings.warn(f"kmeans: {n_empty} of {k} clusters stayed empty (duplicate points?)")
     d = _distance_to_own(x, None, c, label, _chunk_rows(x.shape[1], mem_bytes))
-    inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
-    return KMeansResult(c, label, d, inertia, history, *work)
+    inertia = float(sum_over_ranks(d.double().pow(2).sum().reshape(1), lay.on))
+    return KMeansResult(c, label, d, inertia, history, work, left)
 
 
 # ----------------------------------------------------------------------------- segment helpers
@@ -595,113 +585,3 @@ def rank_in_segment(segment: torch.Tensor, key: torch.Tensor, n_segments: int) -
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order), device=order.device) - start[segment[order]]
     return rank
-
-
-# ----------------------------------------------------------------------------- hierarchical k-means
-
-@dataclass
-class Hierarchy:
-    centroids: list  # per level, finest first: [k_l, d] float32
-    parents: list    # parents[l][j]: cluster of level l+1 that level-l cluster j belongs to (int64, CPU)
-    metric: str
-
-    @property
-    def k(self) -> list:
-        return [len(c) for c in self.centroids]
-
-
-def _resample_union(label, distance, k, size, rule, generator, lay):
-    """Sorted global indices of `size` points per cluster: the closest to the centroid or random ones."""
-    label, distance = all_gather_rows(label, lay.on).cpu(), all_gather_rows(distance, lay.on).cpu()
-    key = distance.double() if rule == "closest" else torch.rand(len(label), generator=generator,
-                                                                  dtype=torch.float64)
-    return (rank_in_segment(label, key, k) < size).nonzero().squeeze(1)
-
-
-def _kmeans_resampled(x, k, steps, size, rule, lay, **kw) -> KMeansResult:
-    res = _kmeans(x, k, distributed=lay.on, **kw)
-    for _ in range(steps):
-        k = len(res.centroids)  # may have been reduced
-        take = size or max(1, round(lay.n_total / (2 * k)))  # Vo et al.: about half the mean cluster size
-        union = _resample_union(res.assignments, res.distances, k, take, rule, kw["generator"], lay)
-        sub = _kmeans(x[owned_rows(union.to(x.device), lay, len(x))], k, distributed=lay.on, **kw)
-        label, d = assign_prepared(x, sub.centroids, kw["mem_bytes"])  # every point to the new centroids
-        inertia = float(_all_reduce_(d.double().pow(2).sum().reshape(1), lay.on))
-        res = KMeansResult(sub.centroids, label, d, inertia, sub.history, sub.work, sub.left)
-    return res
-
-
-def fit_hierarchy(x: torch.Tensor, levels, *, generator: torch.Generator, n_iter: int = 20, resample_steps=1,
-                  sample_size=None, sample_rule: str = "closest", metric: str = "cosine", init: str = "kmeans++",
-                  init_candidates=None, init_sample_factor=None, mem_bytes: int = DEFAULT_MEM_BYTES,
-                  distributed=None, tuning: Tuning = TUNING) -> Hierarchy:
-    """Hierarchical k-means with resampling (Vo et al. 2024). levels: clusters per level, finest first;
-    resample_steps / sample_size: one value or one per level (sample_size None: half the mean cluster size)."""
-    check_features(x, "fit_hierarchy input", distributed)
-    return fit_prepared_hierarchy(prepare_points(x, metric), levels, generator=generator, n_iter=n_iter,
-                          resample_steps=resample_steps, sample_size=sample_size, sample_rule=sample_rule,
-                          metric=metric, init=init, init_candidates=init_candidates,
-                          init_sample_factor=init_sample_factor, mem_bytes=mem_bytes,
-                          distributed=distributed, tuning=tuning)
-
-
-def fit_prepared_hierarchy(points, levels, *, resample_steps, sample_size, sample_rule, distributed, **kw) -> Hierarchy:
-    """fit_hierarchy() on already prepared points."""
-    levels = [int(k) for k in (levels if isinstance(levels, (list, tuple)) else [levels])]
-    if not levels or min(levels) < 1:
-        raise ValueError(f"levels must be a non-empty list of cluster counts >= 1, got {levels}")
-    if sample_rule not in ("closest", "random"):
-        raise ValueError(f"sample_rule must be 'closest' or 'random', got {sample_rule!r}")
-    steps = _per_level(resample_steps, len(levels), "resample_steps")
-    sizes = _per_level(sample_size, len(levels), "sample_size")
-    on = _distributed(distributed)
-    centroids, parents = [], []
-    for level, k in enumerate(levels):
-        # level 1 is spread over the ranks; higher levels cluster centroids every rank holds identically
-        lay = layout(len(points), points.device, on and level == 0)
-        res = _kmeans_resampled(points, k, steps[level], sizes[level], sample_rule, lay, **kw)
-        if level > 0:
-            parents.append(res.assignments.cpu())
-        centroids.append(res.centroids)
-        points = res.centroids
-    return Hierarchy(centroids, parents, kw["metric"])
-
-
-# ----------------------------------------------------------------------------- the one entry a curation uses
-
-@dataclass(frozen=True)
-class Options:
-    """How a curation clusters (prune.py builds it from the prune.* keys)."""
-    levels: tuple                 # clusters per level, finest first
-    n_iter: int                   # Lloyd updates per k-means
-    resample_steps: int           # Vo et al. resampling steps per level
-    sample_size: object           # points kept per cluster at a resampling step (None: half the mean size)
-    sample_rule: str              # "closest" or "random"
-    metric: str                   # "cosine" or "l2"
-    init: str                     # "kmeans++" or "random"
-    init_sample_factor: object    # k-means++ candidates = max(tuning.init_min_candidates, factor x k) (None: 4)
-    fit_sample: object            # fit on this many random points of all ranks' rows (None: on all of them)
-    mem_bytes: int = DEFAULT_MEM_BYTES
-    tuning: Tuning = TUNING
-
-
-def fit_and_assign(features: torch.Tensor, options: Options, generator: torch.Generator, distributed=None):
-    """Fit the hierarchy on a random `options.fit_sample` of the points, assign every point to its leaf.
-
-    features: this rank's contiguous block of the points. Returns (Hierarchy, leaf [n_total] int64, distance to
-    the leaf centroid [n_total], number of points fitted), all on the CPU and identical on every rank."""
-    check_features(features, "curation features", distributed)
-    x = prepare_points(features, options.metric)
-    lay = layout(len(x), x.device, distributed)
-    fit = x
-    if options.fit_sample is not None and options.fit_sample < lay.n_total:
-        chosen = torch.randperm(lay.n_total, generator=generator)[:options.fit_sample].sort().values
-        fit = x[owned_rows(chosen.to(x.device), lay, len(x))]
-    hier = fit_prepared_hierarchy(fit, list(options.levels), generator=generator, n_iter=options.n_iter,
-                                  resample_steps=options.resample_steps, sample_size=options.sample_size,
-                                  sample_rule=options.sample_rule, metric=options.metric, init=options.init,
-                                  init_candidates=None, init_sample_factor=options.init_sample_factor,
-                                  mem_bytes=options.mem_bytes, distributed=lay.on, tuning=options.tuning)
-    leaf, distance = assign_prepared(x, hier.centroids[0], options.mem_bytes)
-    leaf, distance = all_gather_rows(leaf, lay.on).cpu(), all_gather_rows(distance, lay.on).cpu()
-    return hier, leaf, distance, min(lay.n_total, options.fit_sample or lay.n_total)

@@ -140,7 +140,7 @@ def pruning_config(tmp_path, data, out, **overrides):
 
 
 def curation_options(**prune_keys):
-    """kmeans.Options from the prune.* defaults of the SCHEMA, with some prune keys changed."""
+    """hierarchy.Options from the prune.* defaults of the SCHEMA, with some prune keys changed."""
     return prune.kmeans_options({**config.defaults()["prune"], **prune_keys})
 
 

@@ -1,5 +1,5 @@
 """Tests of oceansar/kmeans.py against a numpy Lloyd reference: fixed points, the bounds switch, k-means++ on a
-subsample, balanced Yinyang groups, edge cases, empty-cluster reseeding, Vo et al.'s resampling, and a smoke run of
+subsample, balanced Yinyang groups, edge cases, empty-cluster reseeding, and a smoke run of
 benchmarks/bench_kmeans.py. CPU, tiny sizes."""
 
 
@@ -127,16 +127,6 @@ def test_empty_cluster_is_reseeded_with_the_farthest_point():
     # after the first update the farthest point (30, from centroid 10.05) takes the empty cluster
     np.testing.assert_allclose(sorted(res.centroids[:, 0].tolist()), [0.1, 10.05, 30.0], atol=1e-5)
     assert res.inertia == pytest.approx(2 * 0.01 + 2 * 0.0025, rel=1e-4)
-
-
-def test_resampling_takes_the_truly_closest_points_not_the_lowest_indices():
-    label = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    dist = torch.tensor([4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0])
-    lay = kmeans._Layout(False, 0, 8)
-    union = kmeans._resample_union(label, dist, 2, 2, "closest", kmeans.make_generator(0), lay)
-    assert union.tolist() == [2, 3, 4, 5]
-    rand = kmeans._resample_union(label, dist, 2, 3, "random", kmeans.make_generator(0), lay)
-    assert len(rand) == 6 and (label[rand] == 0).sum() == 3
 
 
 def test_yinyang_groups_are_balanced_and_hold_every_centroid_once():
