@@ -254,7 +254,7 @@ def networks(backbone, spec, e, device):
     nets = {"pretrained": backbone.to(device)}
     if e["baselines"]:
         options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers}
-                   if isinstance(backbone, models.VisionTransformer) else {"width": getattr(backbone, "width", 64)})
+                   if isinstance(backbone, models.VisionTransformer) else {"width": backbone.width, "stem": backbone.stem})
         for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
             nets[f"random_init#{seed}"] = models.build_backbone(
                 *spec, generator=torch.Generator().manual_seed(seed), **options).to(device)

@@ -107,6 +107,7 @@ def _k(default, kind, doc, **kw):
 
 # The backbones model.build_backbone builds (torch-free here, so that reading a config never imports torch).
 ARCHS = ("vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
+RESNET_STEMS = ("imagenet", "half", "cifar")  # model.RESNET_STEM_LAYOUT says what each is
 
 SCHEMA = {
     # ---------------------------------------------------------------- prepare.py
@@ -152,6 +153,8 @@ SCHEMA = {
         "drop_path": _k(0.1, float, "stochastic depth rate (ViT)", lo=0.0, hi=0.9),
         "width": _k(8, int, "ResNet: channels of the first stage (torchvision: 64; stage k has width * 2^(k-1))",
                     lo=4, hi=512),
+        "stem": _k("imagenet", str, "ResNet stem: imagenet (7x7/2 conv + max pool: image / 4 before layer1), half "
+                   "(3x3/1 conv + max pool: / 2), cifar (3x3/1 conv: every pixel)", choices=RESNET_STEMS),
         "out_dim": _k(256, int, "DINO head output dimension", lo=2),
         "head_hidden_dim": _k(256, int, "DINO head hidden size", lo=8),
         "head_bottleneck_dim": _k(64, int, "DINO head bottleneck size", lo=8),

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from .config import ARCHS  # the names a config may choose; build_backbone builds each
+from .config import ARCHS, RESNET_STEMS  # the names a config may choose; build_backbone builds each
 
 # name -> (embed_dim, depth, num_heads); the MLP hidden size is always 4 x embed_dim.
 VIT_SIZES = {
@@ -434,22 +434,31 @@ class Bottleneck(nn.Module):
 
 # name -> (block, blocks per stage)
 RESNETS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
+# conv1 kernel, conv1 stride, 3x3/2 max pool: "imagenet" divides the image by 4 before layer1 (torchvision),
+# "cifar" keeps every pixel (the small-image ResNets of SimCLR / solo-learn / lightly), "half" divides by 2
+RESNET_STEM_LAYOUT = {"imagenet": (7, 2, True), "half": (3, 1, True), "cifar": (3, 1, False)}
 
 
 class ResNet(Backbone):
     """torchvision-layout ResNet, 1-channel stem, no `fc`: returns the globally pooled feature.
 
     `width` is the channel count of the first stage (torchvision: 64); stage k has width * 2^(k-1) planes.
-    A narrower net keeps every key name and only changes shapes, so the layout still reads as torchvision's.
+    `stem` (RESNET_STEM_LAYOUT) sets how much conv1 + max pool shrink the image before layer1: 4x (torchvision),
+    2x or 1x (the small-image ResNets of CIFAR recipes). A narrower net or another stem keeps every key name and
+    only changes shapes, so the layout still reads as torchvision's.
     """
 
-    def __init__(self, block=Bottleneck, layers=(3, 4, 6, 3), in_chans: int = 1, width: int = 64, generator=None):
+    def __init__(self, block=Bottleneck, layers=(3, 4, 6, 3), in_chans: int = 1, width: int = 64, generator=None,
+                 stem: str = "imagenet"):
         super().__init__()
-        self.in_chans, self.width = in_chans, width
-        self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
+        if stem not in RESNET_STEM_LAYOUT:
+            raise ValueError(f"unknown ResNet stem {stem!r}; expected one of {list(RESNET_STEMS)}")
+        self.in_chans, self.width, self.stem = in_chans, width, stem
+        kernel, stride, pool = RESNET_STEM_LAYOUT[stem]
+        self.conv1 = nn.Conv2d(in_chans, width, kernel_size=kernel, stride=stride, padding=kernel // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if pool else nn.Identity()
         inplanes = width
         for k, n_blocks in enumerate(layers, start=1):
             planes = width * 2 ** (k - 1)
@@ -489,7 +498,8 @@ class ResNet(Backbone):
         """
         hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         total, hw = _conv_macs(self.conv1, hw)
-        hw = tuple((n + 2 - 3) // 2 + 1 for n in hw)                  # max pool 3x3, stride 2, padding 1
+        if isinstance(self.maxpool, nn.MaxPool2d):
+            hw = tuple((n + 2 - 3) // 2 + 1 for n in hw)              # max pool 3x3, stride 2, padding 1
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 block_in = hw
@@ -501,9 +511,9 @@ class ResNet(Backbone):
         return 2 * total
 
 
-def resnet(arch: str, in_chans: int = 1, width: int = 64, generator=None) -> ResNet:
+def resnet(arch: str, in_chans: int = 1, width: int = 64, generator=None, stem: str = "imagenet") -> ResNet:
     block, layers = RESNETS[arch]
-    return ResNet(block, layers, in_chans=in_chans, width=width, generator=generator)
+    return ResNet(block, layers, in_chans=in_chans, width=width, generator=generator, stem=stem)
 
 
 def resnet50(in_chans: int = 1, generator=None) -> ResNet:
@@ -512,14 +522,14 @@ def resnet50(in_chans: int = 1, generator=None) -> ResNet:
 
 def build_backbone(arch: str, patch_size: int = 16, img_size: int = 256, drop_path: float = 0.0,
                    generator=None, width: int = 64, layerscale: float = 0.0, registers: int = 0,
-                   mask_token: bool = False) -> nn.Module:
+                   mask_token: bool = False, stem: str = "imagenet") -> nn.Module:
     """Build a 1-channel backbone by name (one of ARCHS). Every backbone has `.embed_dim`.
 
     patch_size, img_size, drop_path and the DINOv2 options (layerscale, registers, mask_token: see
     VisionTransformer) only apply to ViTs; the torchvision ResNet50 has no stochastic depth.
     """
     if arch in RESNETS:
-        return resnet(arch, width=width, generator=generator)
+        return resnet(arch, width=width, generator=generator, stem=stem)
     if arch in VIT_SIZES:
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")

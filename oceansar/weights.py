@@ -288,7 +288,7 @@ def backbone_from_weights(weights, cfg, source="weights", hf_config=None):
         img = grid * patch if grid else cfg["train"]["global_crops_size"]
         m = cfg["model"]
     options = ({"layerscale": m.get("layerscale", 0.0), "registers": m.get("registers", 0)}   # DINOv2 ViT options
-               if arch.startswith("vit") else {"width": m.get("width", 64)})
+               if arch.startswith("vit") else {"width": m.get("width", 64), "stem": m.get("stem", "imagenet")})
     backbone = models.build_backbone(arch, patch, img, **options)
     if hf_config is not None:
         check_hf_config(hf_config, backbone, arch, source)

@@ -146,6 +146,22 @@ def test_resnet18_torchvision_layout_and_width():
     assert narrow.flops_per_image(48) == _hooked_matmul_flops(narrow, 48)
 
 
+@pytest.mark.parametrize("stem, conv1, first_map", [("imagenet", (8, 1, 7, 7), 8), ("half", (8, 1, 3, 3), 16),
+                                                    ("cifar", (8, 1, 3, 3), 32)])
+def test_resnet_stems_keep_the_key_layout(stem, conv1, first_map):
+    assert tuple(M.RESNET_STEM_LAYOUT) == M.RESNET_STEMS  # the config's choices are the stems the model builds
+    net = M.build_backbone("resnet18", width=8, stem=stem)
+    assert set(net.state_dict()) == set(M.build_backbone("resnet18", width=8).state_dict())
+    assert net.conv1.weight.shape == conv1
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert net.maxpool(net.relu(net.bn1(net.conv1(x)))).shape[-1] == first_map
+        assert net(x).shape == (2, 64)
+    assert net.flops_per_image(48) == _hooked_matmul_flops(net, 48)
+    with pytest.raises(ValueError, match="stem"):
+        M.build_backbone("resnet18", stem="tiny")
+
+
 def test_resnet50_layout_params_shape(resnet):
     keys = set(resnet.state_dict())
     for k in ["conv1.weight", "bn1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer1.0.bn3.bias",
