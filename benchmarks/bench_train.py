@@ -1,8 +1,8 @@
 """Throughput of pretrain.py's training step and data path, and MFU against a measured matmul peak.
 
-    python benchmarks/bench_train.py                          # demo model and ViT-S/16 (batch 4) on the CPU
+    python benchmarks/bench_train.py                          # the demo, demo_vit and ViT-S/16 (batch 4), CPU
     python benchmarks/bench_train.py --models demo --steps 20
-    python benchmarks/bench_train.py --device cuda --vit-batch 64
+    python benchmarks/bench_train.py --device cuda --models vit_s16 --batch 64
 
 For each model it builds a throw-away shard dataset of random dB images, a pretrain.Trainer on it (the exact
 training code: augmentation, teacher and student passes, DINO loss, clipping, AdamW, EMA), and reports:
@@ -38,15 +38,17 @@ from oceansar import mfu  # noqa: E402
 from oceansar import shards  # noqa: E402
 
 MODELS = {
-    # the lead's demo model: tiny ViT on 64 px globals
-    "demo": {"model": {"arch": "vit_nano", "patch_size": 8, "drop_path": 0.0, "out_dim": 4096,
+    # the demo: the SCHEMA defaults (ResNet-18 at width 8 on 32 px native crops of 64 px imagettes)
+    "demo": {"model": {}, "train": {}, "image_size": 64, "batch": 256},
+    # configs/demo_vit.yaml's kind of model: tiny ViT on 64 px globals with local crops
+    "demo_vit": {"model": {"arch": "vit_nano", "patch_size": 8, "drop_path": 0.0, "out_dim": 4096,
                        "head_hidden_dim": 512, "head_bottleneck_dim": 128},
              "train": {"global_crops_size": 64, "local_crops_number": 4, "local_crops_size": 32},
-             "image_size": 64},
+             "image_size": 64, "batch": 128},
     # OceanSAR-1: ViT-S/16, 256 px globals, 8 local crops of 96 px, DINO head out_dim 65536
     "vit_s16": {"model": {"arch": "vit_small", "patch_size": 16, "drop_path": 0.1, "out_dim": 65536},
                 "train": {"global_crops_size": 256, "local_crops_number": 8, "local_crops_size": 96},
-                "image_size": 256},
+                "image_size": 256, "batch": 4},
 }
 
 
@@ -139,13 +141,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--demo-batch", type=int, default=64)
-    parser.add_argument("--vit-batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch per model, in --models order (default: demo 256, demo_vit 128, vit_s16 4)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--wait-policies", nargs="+", default=["ACTIVE", "PASSIVE"], choices=["ACTIVE", "PASSIVE"])
     parser.add_argument("--result", help=argparse.SUPPRESS)  # set by run_policies: run here, write step rates
     args = parser.parse_args()
+    if args.batch and len(args.batch) != len(args.models):
+        parser.error(f"--batch: {len(args.batch)} values for {len(args.models)} models")
     if args.result is None:
         return run_policies(args, [a for a in sys.argv[1:]])
     print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
@@ -153,8 +157,8 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as workdir:
-        for name in args.models:
-            batch = args.demo_batch if name == "demo" else args.vit_batch
+        for i, name in enumerate(args.models):
+            batch = args.batch[i] if args.batch else MODELS[name]["batch"]
             trainer, _ = make_trainer(workdir, name, batch, args.device)
             ips, augment_share = bench_step(trainer, args.steps, args.warmup)
             peak = mfu.peak_flops(trainer.device)

@@ -1,7 +1,9 @@
 """Tests of pretrain.py: checkpoints, resume after kill -9, 2-process gloo DDP, the collapse warning, the
-in-training kNN hook and a non-finite loss. CPU only, tiny sizes."""
+in-training kNN hook, a non-finite loss and the train-step benchmark. CPU only, tiny sizes."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,3 +128,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_dir, one
     assert ck["iteration"] == ipe and ck["epoch"] == 0  # the epoch-0 checkpoint, untouched
     assert all(torch.isfinite(v).all() for v in ck["student"].values())
     assert not os.path.exists(out / "backbone.pt") and not os.path.exists(out / "checkpoint.pt.tmp")
+
+
+def test_train_benchmark_runs_the_demo_model_at_one_step():
+    """benchmarks/bench_train.py builds its trainers from today's config (its "demo" is the SCHEMA defaults)."""
+    cmd = [sys.executable, os.path.join("benchmarks", "bench_train.py"), "--models", "demo", "--batch", "16",
+           "--steps", "1", "--warmup", "1", "--wait-policies", "PASSIVE"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "demo     batch  16: step" in done.stdout and "step images/s by wait policy: PASSIVE" in done.stdout
+    assert "0.2M backbone parameters" in done.stdout  # ResNet-18 at width 8, not the vit_nano of old demos
