@@ -253,8 +253,9 @@ def networks(backbone, spec, e, device):
     initialisations of the same architecture ("random_init#<seed>")."""
     nets = {"pretrained": backbone.to(device)}
     if e["baselines"]:
-        options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers}
-                   if isinstance(backbone, models.VisionTransformer) else {"width": backbone.width, "stem": backbone.stem})
+        vit = isinstance(backbone, models.VisionTransformer)
+        options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers} if vit
+                   else {"width": backbone.width, "stem": backbone.stem})
         for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
             nets[f"random_init#{seed}"] = models.build_backbone(
                 *spec, generator=torch.Generator().manual_seed(seed), **options).to(device)
