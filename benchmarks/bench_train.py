@@ -65,7 +65,8 @@ def make_trainer(workdir, name, batch, device):
     data = make_dataset(os.path.join(workdir, f"data_{name}"), max(4 * batch, 64), spec["image_size"])
     cfg = {"model": spec["model"],
            "train": {**spec["train"], "data": data, "out": os.path.join(workdir, f"run_{name}"), "epochs": 10,
-                     "batch_size_per_gpu": batch, "warmup_epochs": 1, "device": device, "resume": False},
+                     "batch_size_per_gpu": batch, "warmup_epochs": 1, "device": device, "resume": False,
+                     "eval_every": 0, "eval_data": None},  # no in-training kNN: the step alone
            "prune": {"mode": "none", "rho": 1.0}}
     path = os.path.join(workdir, f"{name}.yaml")
     with open(path, "w") as f:
