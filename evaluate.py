@@ -78,6 +78,7 @@ from oceansar import intervals
 from oceansar import model as models
 from oceansar import probes
 from oceansar import shards
+from oceansar import vit
 from oceansar import weights
 
 
@@ -253,8 +254,8 @@ def networks(backbone, spec, e, device):
     initialisations of the same architecture ("random_init#<seed>")."""
     nets = {"pretrained": backbone.to(device)}
     if e["baselines"]:
-        vit = isinstance(backbone, models.VisionTransformer)
-        options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers} if vit
+        is_vit = isinstance(backbone, vit.VisionTransformer)
+        options = ({"layerscale": backbone.layerscale, "registers": backbone.num_registers} if is_vit
                    else {"width": backbone.width, "stem": backbone.stem})
         for seed in range(e["seed"], e["seed"] + e["random_seeds"]):
             nets[f"random_init#{seed}"] = models.build_backbone(

@@ -2,7 +2,7 @@
 
 Reads (data.source):
     synthetic   nothing: generates the embedded physics-based WV archive (oceansar/synthetic.py, DATA.md)
-    safe        data.input: Level-1 SLC products, as .SAFE folders or .zip downloads (oceansar/sentinel1.py)
+    safe        data.input: Level-1 SLC products, as .SAFE folders or .zip downloads (oceansar/safe.py)
     netcdf      data.input: netCDF imagettes (e.g. saved by xsar)
     tengeop     data.input: the TenGeoP-SARwv tree (58682.txt, 58683.txt, GeoTIFF/<letter>/*.tiff)
   safe and netcdf join L2 OCN wind and wave labels by imagette id when data.ocn_dir is set.

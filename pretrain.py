@@ -50,7 +50,7 @@ from oceansar import checkpoint, collapse, config, curves, dino, dinov2, distrib
 from oceansar import runlog, shards, streams
 from oceansar.augment import SARAugment
 from oceansar.epochs import iters_per_epoch
-from oceansar.model import count_params
+from oceansar.backbone import count_params
 
 
 class NonFiniteLoss(errors.UserError):

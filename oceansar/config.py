@@ -107,7 +107,7 @@ def _k(default, kind, doc, **kw):
 
 # The backbones model.build_backbone builds (torch-free here, so that reading a config never imports torch).
 ARCHS = ("vit_nano", "vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
-RESNET_STEMS = ("imagenet", "half", "cifar")  # model.RESNET_STEM_LAYOUT says what each is
+RESNET_STEMS = ("imagenet", "half", "cifar")  # resnet.RESNET_STEM_LAYOUT says what each is
 
 SCHEMA = {
     # ---------------------------------------------------------------- prepare.py
@@ -146,7 +146,7 @@ SCHEMA = {
                               "flags are kept; null: no filter)", lo=0, hi=3, optional=True),
         "ocn_drop_land": _k(True, bool, "drop OCN labels whose oswLandFlag is set"),
     },
-    # ---------------------------------------------------------------- model.py
+    # ---------------------------------------------------------------- model.py (vit.py, resnet.py)
     "model": {
         "arch": _k("resnet18", str, "backbone", choices=ARCHS),
         "patch_size": _k(16, int, "ViT patch size (14: the DINOv2 releases)", choices=[4, 8, 14, 16, 32]),

@@ -47,6 +47,7 @@ from safetensors.torch import load_file
 
 from .errors import UserError
 from . import model as models
+from . import vit
 
 CONTAINER_KEYS = ("teacher", "state_dict", "model", "backbone")
 PREFIXES = ("module.", "backbone.", "teacher.", "_orig_mod.")
@@ -226,7 +227,7 @@ def _adapt_tensor(key, value, target):
         return value.sum(dim=1, keepdim=True)
     if key == "pos_embed" and value.ndim == 3 and value.shape != target.shape:
         g = math.isqrt(target.shape[1] - 1)
-        return models.resize_pos_embed(value, (g, g))
+        return vit.resize_pos_embed(value, (g, g))
     return value
 
 
@@ -287,9 +288,7 @@ def backbone_from_weights(weights, cfg, source="weights", hf_config=None):
         arch, patch, grid = cfg["model"]["arch"], cfg["model"]["patch_size"], stored_grid(weights)
         img = grid * patch if grid else cfg["train"]["global_crops_size"]
         m = cfg["model"]
-    options = ({"layerscale": m.get("layerscale", 0.0), "registers": m.get("registers", 0)}   # DINOv2 ViT options
-               if arch.startswith("vit") else {"width": m.get("width", 64), "stem": m.get("stem", "imagenet")})
-    backbone = models.build_backbone(arch, patch, img, **options)
+    backbone = models.build_backbone(arch, patch, img, **models.backbone_options(arch, m))
     if hf_config is not None:
         check_hf_config(hf_config, backbone, arch, source)
     try:

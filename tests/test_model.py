@@ -1,5 +1,5 @@
-"""Tests for model.py: backbones, DINO head, multi-crop wrapper, FLOP formulas (CPU, small); weight loading:
-test_weights.py."""
+"""Tests for model.py, vit.py, resnet.py and backbone.py: backbones, DINO head, multi-crop wrapper, FLOP formulas
+(CPU, small); weight loading: test_weights.py."""
 
 import copy
 import math
@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+from oceansar import backbone as backbones
+from oceansar import config
 from oceansar import model as M
+from oceansar import resnet as resnets
+from oceansar import vit as vits
 
 
 def gen(seed):
@@ -71,10 +75,10 @@ def test_vit_small_and_base_param_counts():
     d, n_tok = 384, 1 + 14 * 14
     per_block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d
     expected = 16 * 16 * d + d + d + n_tok * d + 12 * per_block + 2 * d
-    assert M.count_params(small) == expected == 21_469_056
-    assert abs(M.count_params(small) - 21.5e6) / 21.5e6 < 0.01
+    assert backbones.count_params(small) == expected == 21_469_056
+    assert abs(backbones.count_params(small) - 21.5e6) / 21.5e6 < 0.01
     assert small.blocks[0].norm1.eps == 1e-6 and small.blocks[0].attn.qkv.bias is not None
-    assert base.embed_dim == 768 and 85e6 < M.count_params(base) < 86.5e6
+    assert base.embed_dim == 768 and 85e6 < backbones.count_params(base) < 86.5e6
     with torch.no_grad():
         for arch, dim in [("vit_small", 384), ("vit_base", 768)]:
             real = M.build_backbone(arch, 16, 32, 0.1).eval()
@@ -86,10 +90,10 @@ def test_pos_embed_interpolation_other_sizes():
     with torch.no_grad():
         for hw in [(32, 32), (96, 96), (48, 40)]:
             assert b(torch.randn(2, 1, *hw)).shape == (2, 96)
-    assert M.resize_pos_embed(b.pos_embed, (8, 8)) is b.pos_embed
+    assert vits.resize_pos_embed(b.pos_embed, (8, 8)) is b.pos_embed
     # Bicubic resampling of a constant-per-channel grid keeps it constant; the CLS slot is untouched.
     const = torch.cat([torch.full((1, 1, 3), 7.0), torch.arange(3.0).expand(1, 64, 3)], dim=1)
-    out = M.resize_pos_embed(const, (3, 5))
+    out = vits.resize_pos_embed(const, (3, 5))
     assert out.shape == (1, 16, 3)
     torch.testing.assert_close(out[0, 0], torch.full((3,), 7.0))
     torch.testing.assert_close(out[0, 1:], torch.arange(3.0).expand(15, 3))
@@ -119,11 +123,11 @@ def test_drop_path_train_vs_eval():
     # Per sample: every sample is either zeroed or scaled by 1/keep, never partially.
     y = torch.ones(64, 5, 7)
     torch.manual_seed(0)
-    out = M.drop_path(y, 0.25, training=True)
+    out = backbones.drop_path(y, 0.25, training=True)
     per_sample = out.flatten(1)
     assert torch.all((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(4 / 3)).all(1))
     assert 0 < (per_sample[:, 0] == 0).sum() < 64
-    assert torch.equal(M.drop_path(y, 0.25, training=False), y)
+    assert torch.equal(backbones.drop_path(y, 0.25, training=False), y)
 
 
 # ------------------------------------------------------------------------------------------------- ResNet
@@ -137,7 +141,7 @@ def test_resnet18_torchvision_layout_and_width():
         assert k in keys, k
     assert "layer1.0.downsample.0.weight" not in keys and not any(".conv3." in k for k in keys)
     # torchvision's resnet18 has 11,689,512 parameters: minus fc (513,000) and 2 of conv1's 3 input channels
-    assert M.count_params(r18) == 11_689_512 - 513_000 - 2 * 64 * 49 and r18.embed_dim == 512
+    assert backbones.count_params(r18) == 11_689_512 - 513_000 - 2 * 64 * 49 and r18.embed_dim == 512
     narrow = M.build_backbone("resnet18", width=16)
     assert set(narrow.state_dict()) == keys and narrow.embed_dim == 128
     assert narrow.layer3[0].conv1.weight.shape == (64, 32, 3, 3)
@@ -149,7 +153,7 @@ def test_resnet18_torchvision_layout_and_width():
 @pytest.mark.parametrize("stem, conv1, first_map", [("imagenet", (8, 1, 7, 7), 8), ("half", (8, 1, 3, 3), 16),
                                                     ("cifar", (8, 1, 3, 3), 32)])
 def test_resnet_stems_keep_the_key_layout(stem, conv1, first_map):
-    assert tuple(M.RESNET_STEM_LAYOUT) == M.RESNET_STEMS  # the config's choices are the stems the model builds
+    assert tuple(resnets.RESNET_STEM_LAYOUT) == config.RESNET_STEMS  # the config's choices are the stems the model builds
     net = M.build_backbone("resnet18", width=8, stem=stem)
     assert set(net.state_dict()) == set(M.build_backbone("resnet18", width=8).state_dict())
     assert net.conv1.weight.shape == conv1
@@ -171,8 +175,8 @@ def test_resnet50_layout_params_shape(resnet):
     assert not any(k.startswith("fc.") for k in keys) and "layer1.1.downsample.0.weight" not in keys
     assert len([k for k in keys if k.endswith("conv1.weight") and k.startswith("layer")]) == 16
     assert resnet.conv1.weight.shape == (64, 1, 7, 7)
-    assert M.count_params(resnet) == 23_501_760
-    assert abs(M.count_params(resnet) - 23.5e6) / 23.5e6 < 0.01
+    assert backbones.count_params(resnet) == 23_501_760
+    assert abs(backbones.count_params(resnet) - 23.5e6) / 23.5e6 < 0.01
     assert resnet.embed_dim == 2048
     with torch.no_grad():
         x = torch.randn(2, 1, 32, 32)
@@ -217,7 +221,7 @@ def test_flops_match_hooked_count(resnet):
     assert 2 * 4.4e9 < small.flops_per_image(224) < 2 * 4.7e9
     assert 2 * 3.9e9 < resnet.flops_per_image(224) < 2 * 4.2e9
 
-    class NoFormula(M.Backbone):  # the protocol names what a new backbone forgot
+    class NoFormula(backbones.Backbone):  # the protocol names what a new backbone forgot
         embed_dim = 2
     with pytest.raises(NotImplementedError, match="FLOP formula"):
         NoFormula().flops_per_image(64)

@@ -10,7 +10,9 @@ import tifffile
 import pytest
 
 from oceansar import config
+from oceansar import imagette
 from oceansar import ocn
+from oceansar import safe
 from oceansar import sentinel1 as s1
 from oceansar import shards
 import s1_fixtures as fx
@@ -43,10 +45,10 @@ def overlap_matrix(edges, n):
 def test_area_weights_match_brute_force(factor):
     rng = np.random.default_rng(0)
     x = rng.random((60, 5))
-    edges = s1.output_edges(60, factor, 100) if factor > 1 else 3.3 + factor * np.arange(40)
+    edges = imagette.output_edges(60, factor, 100) if factor > 1 else 3.3 + factor * np.arange(40)
     ref = overlap_matrix(edges, 60) @ x
-    np.testing.assert_allclose(s1.sum_rows(x.astype(np.float32), edges), ref, rtol=1e-5)
-    np.testing.assert_allclose(s1.area_matrix(edges, 60).toarray(), overlap_matrix(edges, 60), atol=1e-6)
+    np.testing.assert_allclose(imagette.sum_rows(x.astype(np.float32), edges), ref, rtol=1e-5)
+    np.testing.assert_allclose(imagette.area_matrix(edges, 60).toarray(), overlap_matrix(edges, 60), atol=1e-6)
 
 
 # ---------------------------------------------------------------- SAFE: calibration, noise, geometry
@@ -66,7 +68,7 @@ def test_calibration_and_noise_known_sigma0(tmp_path, variant):
 def test_noise_removal_clips_to_floor(tmp_path):
     fx.make_safe(tmp_path / "in", n_imagettes=1, dn=constant_dn(300, 400), amplitude=500.0, noise=400000.0)
     (image, _), = read_all(data_cfg("safe", tmp_path / "in", image_size=16, pixel_spacing=50.0))
-    np.testing.assert_allclose(image, s1.SIGMA0_FLOOR_DB, atol=1e-4)
+    np.testing.assert_allclose(image, imagette.SIGMA0_FLOOR_DB, atol=1e-4)
 
 
 @pytest.mark.parametrize("slope", [0.02, 2.0])  # gentle LUT: per-cell calibration; steep: full resolution
@@ -82,7 +84,7 @@ def test_calibration_matches_full_resolution_reference(tmp_path, slope):
     (image, _), = read_all(cfg)
     iq = np.rint(dn.real) ** 2 + np.rint(dn.imag) ** 2
     lines, pixels = np.meshgrid(np.arange(300.0), np.arange(400.0), indexing="ij")
-    lut = s1.interp_lut(s1.parse_lut(s1._xml(fx.calibration_xml(300, 400, amp), ""), "calibrationVectorList/"
+    lut = safe.interp_lut(safe.parse_lut(safe._xml(fx.calibration_xml(300, 400, amp), ""), "calibrationVectorList/"
                                      "calibrationVector", "sigmaNought", ""), np.arange(300.0), np.arange(400.0))
     np.testing.assert_allclose(lut, amp(lines, pixels), rtol=1e-5)  # the LUT is bilinear-exact for a bilinear A
     sigma0 = (iq - 100.0) / lut ** 2
@@ -109,7 +111,7 @@ def test_downsampling_factor_and_padding(tmp_path):
 
 
 def test_annotation_metadata_and_split(tmp_path):
-    safe, ids = fx.make_safe(tmp_path / "in", n_imagettes=2, lines=120, samples=160, lat0=10.0, lon0=179.9)
+    product, ids = fx.make_safe(tmp_path / "in", n_imagettes=2, lines=120, samples=160, lat0=10.0, lon0=179.9)
     cfg = data_cfg("safe", tmp_path / "in", image_size=8, pixel_spacing=50.0)
     items = s1.list_inputs(cfg)
     assert [it["id"] for it in items] == ids and items[0]["member"] == f"measurement/{ids[0]}.tiff"
@@ -126,8 +128,8 @@ def test_annotation_metadata_and_split(tmp_path):
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
 def test_zip_reads_like_folder(tmp_path, compression):
-    safe, ids = fx.make_safe(tmp_path / "dir", n_imagettes=2, lines=160, samples=200, rowsperstrip=7)
-    fx.zip_safe(safe, str(tmp_path / "zip" / "product.zip"), compression)
+    product, ids = fx.make_safe(tmp_path / "dir", n_imagettes=2, lines=160, samples=200, rowsperstrip=7)
+    fx.zip_safe(product, str(tmp_path / "zip" / "product.zip"), compression)
     cfg = data_cfg("safe", tmp_path / "dir", image_size=12, pixel_spacing=40.0)
     from_dir = read_all(cfg)
     from_zip = read_all({**cfg, "input": str(tmp_path / "zip")})
@@ -138,10 +140,10 @@ def test_zip_reads_like_folder(tmp_path, compression):
 
 
 def test_strip_reader_and_timings(tmp_path):
-    safe, ids = fx.make_safe(tmp_path / "in", n_imagettes=1, lines=120, samples=160, rowsperstrip=7)
-    path = os.path.join(safe, "measurement", ids[0] + ".tiff")
+    product, ids = fx.make_safe(tmp_path / "in", n_imagettes=1, lines=120, samples=160, rowsperstrip=7)
+    path = os.path.join(product, "measurement", ids[0] + ".tiff")
     with open(path, "rb") as fh:
-        tiff = s1.SlcTiff(fh, 0, os.path.getsize(path))
+        tiff = safe.SlcTiff(fh, 0, os.path.getsize(path))
         assert tiff.contiguous and (tiff.lines, tiff.samples, tiff.rps) == (120, 160, 7)
         whole, pieces = np.empty((40, 320), np.int16), np.empty((40, 320), np.int16)
         tiff.read_rows(5, 45, whole)
@@ -157,8 +159,8 @@ def test_strip_reader_and_timings(tmp_path):
 
 # ---------------------------------------------------------------- damaged SAFE inputs
 def _one_safe(tmp_path, **kw):
-    safe, ids = fx.make_safe(tmp_path / "in", n_imagettes=1, lines=120, samples=160, **kw)
-    return safe, ids[0], data_cfg("safe", tmp_path / "in", image_size=8, pixel_spacing=50.0)
+    product, ids = fx.make_safe(tmp_path / "in", n_imagettes=1, lines=120, samples=160, **kw)
+    return product, ids[0], data_cfg("safe", tmp_path / "in", image_size=8, pixel_spacing=50.0)
 
 
 def _raises(cfg, match, labels=None):
@@ -169,16 +171,16 @@ def _raises(cfg, match, labels=None):
 
 
 def test_truncated_tiff(tmp_path):
-    safe, stem, cfg = _one_safe(tmp_path)
-    path = os.path.join(safe, "measurement", stem + ".tiff")
+    product, stem, cfg = _one_safe(tmp_path)
+    path = os.path.join(product, "measurement", stem + ".tiff")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
     _raises(cfg, "truncated|TiffFileError")
 
 
 def test_calibration_without_lut(tmp_path):
-    safe, stem, cfg = _one_safe(tmp_path)
-    path = os.path.join(safe, "annotation", "calibration", f"calibration-{stem}.xml")
+    product, stem, cfg = _one_safe(tmp_path)
+    path = os.path.join(product, "annotation", "calibration", f"calibration-{stem}.xml")
     text = open(path).read()
     start, end = text.index("<sigmaNought"), text.index("</sigmaNought>") + len("</sigmaNought>")
     open(path, "w").write(text[:start] + text[end:])
@@ -188,11 +190,11 @@ def test_calibration_without_lut(tmp_path):
 
 
 def test_other_damage(tmp_path):
-    safe, stem, cfg = _one_safe(tmp_path)
-    os.remove(os.path.join(safe, "annotation", "calibration", f"noise-{stem}.xml"))
+    product, stem, cfg = _one_safe(tmp_path)
+    os.remove(os.path.join(product, "annotation", "calibration", f"noise-{stem}.xml"))
     _raises(cfg, "missing annotation/calibration/noise")
     read_all({**cfg, "noise_removal": False})  # without noise removal the noise file is not needed
-    ann = os.path.join(safe, "annotation", stem + ".xml")
+    ann = os.path.join(product, "annotation", stem + ".xml")
     text = open(ann).read()
     open(ann, "w").write(text.replace("<numberOfLines>120", "<numberOfLines>121"))
     _raises({**cfg, "noise_removal": False}, "annotation says 121")

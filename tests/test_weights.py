@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from oceansar import model as M
+from oceansar import resnet as resnets
+from oceansar import vit as vits
 from oceansar import weights
 from helpers import ROOT, model_cfg, write_dataset
 
@@ -213,7 +215,7 @@ def test_release_head_reads_classifier_1(tmp_path, release_state):
 # ------------------------------------------------------------------------------ lightly DINO (.pth.tar)
 
 def test_lightly_checkpoint_loads_the_teacher_or_the_named_network(tmp_path, resnet):
-    teacher = {k: v for k, v in M.resnet50(generator=gen(1)).state_dict().items()}
+    teacher = {k: v for k, v in resnets.resnet50(generator=gen(1)).state_dict().items()}
     student = {k: torch.zeros_like(v) for k, v in teacher.items()}
     path = str(tmp_path / "checkpoint_164_linear=75.50_knn=73.15.pth.tar")
     torch.save(lightly_checkpoint(student, teacher), path)
@@ -259,7 +261,7 @@ def test_load_prefixed_checkpoint_and_pos_embed_resize():
     weights.load_backbone_weights(target, ckpt)
     torch.testing.assert_close(target.blocks[2].mlp.fc2.weight, source.blocks[2].mlp.fc2.weight)
     assert target.pos_embed.shape == (1, 65, 96)
-    torch.testing.assert_close(target.pos_embed, M.resize_pos_embed(source.pos_embed, (8, 8)))
+    torch.testing.assert_close(target.pos_embed, vits.resize_pos_embed(source.pos_embed, (8, 8)))
     other = nano(img_size=64, seed=3)
     weights.load_backbone_weights(other, {"state_dict": {f"backbone.module._orig_mod.{k}": v
                                                          for k, v in target.state_dict().items()}})
@@ -277,7 +279,7 @@ def test_load_sums_three_channel_first_conv(resnet):
     tv = {k: v.clone() for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
     tv["conv1.weight"] = torch.randn(64, 3, 7, 7)
     tv["fc.weight"], tv["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
-    r2 = M.resnet50()
+    r2 = resnets.resnet50()
     weights.load_backbone_weights(r2, tv)
     torch.testing.assert_close(r2.conv1.weight, tv["conv1.weight"].sum(1, keepdim=True))
     torch.testing.assert_close(r2.layer2[1].conv2.weight, resnet.layer2[1].conv2.weight)
@@ -308,7 +310,7 @@ def test_load_wrong_dict_raises_listing_keys_and_loads_nothing(resnet):
 
 
 def test_torchvision_resnet50_with_rgb_conv1_and_module_prefix_loads():
-    rgb = M.resnet50(in_chans=3, generator=gen(1)).state_dict()
+    rgb = resnets.resnet50(in_chans=3, generator=gen(1)).state_dict()
     release = {f"module.{k}": v for k, v in rgb.items() if not k.endswith("num_batches_tracked")}
     release.update({"module.fc.weight": torch.zeros(1000, 2048), "module.fc.bias": torch.zeros(1000)})
     backbone, spec, _ = weights.backbone_from_weights(release, eval_cfg("resnet50"))
@@ -319,7 +321,7 @@ def test_torchvision_resnet50_with_rgb_conv1_and_module_prefix_loads():
 
 
 def test_dino_vit_checkpoint_with_teacher_backbone_prefixes_and_head_loads_at_its_own_grid():
-    rgb = M.vit("vit_nano", patch_size=8, img_size=32, in_chans=3, generator=gen(2))
+    rgb = vits.vit("vit_nano", patch_size=8, img_size=32, in_chans=3, generator=gen(2))
     teacher = {f"backbone.{k}": v for k, v in rgb.state_dict().items()}
     teacher.update({"head.mlp.0.weight": torch.zeros(8, 96), "head.last_layer.weight_g": torch.ones(16, 1)})
     student = {f"module.{k}": torch.zeros_like(v) for k, v in teacher.items()}
@@ -384,7 +386,7 @@ def test_size_based_resampling_is_not_dinos():
     """The resampling DINO uses is a different function from interpolating to a size (what this project did):
     the parity above is not automatic."""
     pos = torch.randn(1, 1 + 14 * 14, 8, generator=gen(0))
-    ours = M.resize_pos_embed(pos, (6, 6))
+    ours = vits.resize_pos_embed(pos, (6, 6))
     grid = pos[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
     by_size = F.interpolate(grid, size=(6, 6), mode="bicubic").permute(0, 2, 3, 1).reshape(1, -1, 8)
     assert (ours[:, 1:] - by_size).abs().max() > 1e-2
