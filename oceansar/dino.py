@@ -96,14 +96,12 @@ def build_student_teacher(cfg, device):
     gen = lambda: torch.Generator().manual_seed(t["seed"])  # noqa: E731
     v2 = t["objective"] == "dinov2"
     options = models.backbone_options(m["arch"], m)
-    if m["arch"].startswith("vit"):
-        options["mask_token"] = v2  # iBOT's masked patches
     make_head = lambda dim: models.DINOHead(dim, m["out_dim"], m["head_hidden_dim"], m["head_bottleneck_dim"],  # noqa: E731
                                             norm_last_layer=m["norm_last_layer"], generator=gen())
     nets = []
     for is_student, drop in ((True, m["drop_path"]), (False, 0.0)):
         backbone = models.build_backbone(m["arch"], m["patch_size"], t["global_crops_size"], drop, generator=gen(),
-                                         **options)
+                                         mask_token=v2, **options)  # mask_token: iBOT's masked patches (ViT only)
         head = make_head(backbone.embed_dim)
         if v2:
             ibot_head = make_head(backbone.embed_dim) if t["ibot_separate_head"] else None
